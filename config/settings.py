@@ -1,0 +1,104 @@
+"""One settings object for all services.
+
+Every value can come from the environment (prefix ``OMS_``) or a ``.env`` file.
+Leaving the broker or database unset selects the embedded default: ``oms up``
+then starts a Tansu broker and an embedded PostgreSQL and passes their
+addresses to the workers through these same variables.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "orchestrator")
+"""The four Faust apps; ``orchestrator`` is the saga tracker."""
+
+DATABASE_SERVICES: tuple[str, ...] = ("orders", "inventory", "payments")
+"""Services that own a PostgreSQL database (the tracker keeps a Faust table)."""
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the CLI, the workers and the tests."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OMS_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- Kafka -----------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port list; unset = start the embedded Tansu broker"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+    topic_prefix: str = "oms."
+    partitions: int = Field(default=4, ge=1, le=256)
+    session_timeout_s: float = Field(
+        default=6.0, gt=0, description="consumer session timeout; Tansu joins take about half of it"
+    )
+
+    # --- PostgreSQL -------------------------------------------------------
+    database_url: str | None = Field(
+        default=None,
+        description="server URL without a database name; unset = embedded PostgreSQL",
+    )
+    database_prefix: str = Field(default="oms_", description="database name = prefix + service")
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=10, ge=1)
+
+    # --- Saga -------------------------------------------------------------
+    saga_timeout_s: float = Field(default=30.0, gt=0)
+    saga_retention_s: float = Field(
+        default=600.0, gt=0, description="finished sagas stay in the tracker table this long"
+    )
+
+    # --- Payment gateway simulator ----------------------------------------
+    gateway_latency_ms: float = Field(default=2.0, ge=0)
+    gateway_decline_token: str = "tok_decline"
+    gateway_timeout_token: str = "tok_timeout"
+    gateway_timeout_s: float = Field(default=2.0, gt=0)
+
+    # --- Web / operators ----------------------------------------------------
+    web_host: str = "127.0.0.1"
+    web_port_base: int = Field(default=6066, description="orders, inventory, payments, tracker in order")
+    admin_token: SecretStr | None = None
+
+    # --- Observability --------------------------------------------------------
+    otel_exporter: Literal["none", "otlp", "console", "memory"] = "none"
+    otel_endpoint: str = "http://localhost:4317"
+
+    # --- Embedded runtime -------------------------------------------------
+    data_dir: str = Field(default=".oms", description="embedded PostgreSQL data and logs")
+
+    def database_name(self, service: str) -> str:
+        """Name of the database a service owns (``oms_orders`` by default)."""
+        return f"{self.database_prefix}{service}"
+
+    def dsn(self, service: str) -> str:
+        """Connection URL of a service's own database."""
+        if self.database_url is None:
+            raise RuntimeError("OMS_DATABASE_URL is not set; start the stack with `oms up`")
+        base, _, query = self.database_url.partition("?")
+        base = base.rstrip("/")
+        dsn = f"{base}/{self.database_name(service)}"
+        return f"{dsn}?{query}" if query else dsn
+
+    def topic(self, name: str) -> str:
+        """Full topic name, e.g. ``topic('order-events') == 'oms.order-events'``."""
+        return f"{self.topic_prefix}{name}"
+
+    def web_port(self, service: str) -> int:
+        """Web port of a service's Faust app."""
+        return self.web_port_base + SERVICES.index(service)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
