@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str | None = None
     topic_prefix: str = "oms."
     partitions: int = Field(default=4, ge=1, le=256)
+    replication_factor: int = Field(default=1, ge=1)
     session_timeout_s: float = Field(
         default=6.0, gt=0, description="consumer session timeout; Tansu joins take about half of it"
     )
@@ -82,11 +83,15 @@ class Settings(BaseSettings):
 
     def dsn(self, service: str) -> str:
         """Connection URL of a service's own database."""
+        return self.database_dsn(self.database_name(service))
+
+    def database_dsn(self, database: str) -> str:
+        """Connection URL of any database on the configured server."""
         if self.database_url is None:
             raise RuntimeError("OMS_DATABASE_URL is not set; start the stack with `oms up`")
         base, _, query = self.database_url.partition("?")
         base = base.rstrip("/")
-        dsn = f"{base}/{self.database_name(service)}"
+        dsn = f"{base}/{database}"
         return f"{dsn}?{query}" if query else dsn
 
     def topic(self, name: str) -> str:

@@ -1,0 +1,120 @@
+"""The Faust app factory shared by the four services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import faust
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import StreamT
+from faust.web import Request, Response, View
+
+from agents.runtime import ServiceRuntime
+from agents.step import Handler
+from config import Settings
+
+
+def broker_url(settings: Settings) -> str:
+    """Faust broker URL for ``OMS_KAFKA_BOOTSTRAP`` (``host:port[,host:port]``)."""
+    if not settings.kafka_bootstrap:
+        raise RuntimeError("OMS_KAFKA_BOOTSTRAP is not set; start the stack with `oms up`")
+    return ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(","))
+
+
+def create_app(service: str, settings: Settings) -> faust.App:
+    """A Faust app with the OMS defaults: its own consumer group, web port and /metrics."""
+    app = faust.App(
+        f"oms-{service}",
+        broker=broker_url(settings),
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        web_host=settings.web_host,
+        web_port=settings.web_port(service),
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=1,
+        stream_wait_empty=False,
+        datadir=str(Path(settings.data_dir) / "faust" / service),
+    )
+    setup_prometheus_sensors(app, pattern="/metrics")
+    return app
+
+
+def _credentials(settings: Settings) -> Any:
+    """SASL/TLS credentials when configured; None on a plaintext broker."""
+    ssl_context = None
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password else None,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+def service_app(
+    service: str,
+    settings: Settings,
+    *,
+    sources: tuple[str, ...],
+    output: str,
+    handled: frozenset[str],
+    handler_factory: Callable[[asyncpg.Pool], Handler],
+) -> tuple[faust.App, ServiceRuntime]:
+    """Wire a database-backed saga service: one agent over its sources, the relay, health."""
+    app = create_app(service, settings)
+    runtime = ServiceRuntime(app, settings, service, handler_factory, output, handled)
+    topic = app.topic(
+        *(settings.topic(s) for s in sources),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    async def steps(stream: StreamT) -> AsyncIterator[None]:
+        async for event in stream.events():
+            await runtime.process(event.message)
+            yield None
+
+    app.agent(topic, name=f"oms-{service}.steps")(steps)
+
+    async def relay() -> None:
+        await runtime.start()
+        await runtime.relay.run()
+
+    app.task(relay)
+    add_health_views(app, service, lambda: runtime.readiness())
+    return app, runtime
+
+
+def add_health_views(
+    app: faust.App, service: str, readiness: Callable[[], dict[str, Any]]
+) -> None:
+    """``/health/`` (alive) and ``/ready/`` (503 with the reasons until ready)."""
+
+    @app.page("/health/")
+    async def health(web: View, request: Request) -> Response:
+        return web.json({"service": service, "alive": True})
+
+    @app.page("/ready/")
+    async def ready(web: View, request: Request) -> Response:
+        checks = dict(readiness())
+        checks["consumer_assigned"] = bool(app.consumer.assignment()) if app.started else False
+        reasons = [name for name, ok in checks.items() if ok is False]
+        body = {"service": service, "ready": not reasons, "checks": checks, "not_ready": reasons}
+        return web.json(body, status=200 if not reasons else 503)

@@ -1,0 +1,94 @@
+"""The payment gateway port and a simulated PSP that behaves like a real one.
+
+The simulator keeps its own ledger (``psp_charges``) and commits it on its own
+connection, outside the saga step's transaction, exactly as a remote PSP would:
+a crash after the charge and before the step commits leaves a capture that the
+redelivered step finds again through the idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+
+from config import Settings
+
+
+class GatewayTimeout(Exception):
+    """The PSP did not answer in time; the charge may or may not exist."""
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    approved: bool
+    charge_id: str
+    reason: str = ""
+
+
+class PaymentGateway(Protocol):
+    """What the payments step needs from a PSP."""
+
+    async def charge(self, idempotency_key: str, amount_cents: int, token: str) -> ChargeResult:
+        """Capture ``amount_cents``; the same key always gives the same result."""
+        ...
+
+    async def cancel(self, idempotency_key: str) -> str | None:
+        """Refund the capture under this key, or void the key so it never captures.
+
+        Returns the refunded charge id, or None when nothing had been captured.
+        """
+        ...
+
+
+class SimulatedGateway:
+    """A deterministic PSP: latency, a declining token and a hanging token."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self._pool = pool
+        self._latency_s = settings.gateway_latency_ms / 1000
+        self._decline_token = settings.gateway_decline_token
+        self._timeout_token = settings.gateway_timeout_token
+        self._timeout_s = settings.gateway_timeout_s
+
+    async def charge(self, idempotency_key: str, amount_cents: int, token: str) -> ChargeResult:
+        """Capture unless the token declines; the hanging token never answers in time."""
+        if token == self._timeout_token:
+            await asyncio.sleep(self._timeout_s)
+            raise GatewayTimeout(f"PSP did not answer within {self._timeout_s}s")
+        if self._latency_s:
+            await asyncio.sleep(self._latency_s)
+        status = "DECLINED" if token == self._decline_token else "CAPTURED"
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO psp_charges (idempotency_key, charge_id, amount_cents, status)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key)"
+                " DO UPDATE SET idempotency_key = excluded.idempotency_key"
+                " RETURNING charge_id, status",
+                idempotency_key,
+                f"ch_{uuid.uuid4().hex[:20]}",
+                amount_cents,
+                status,
+            )
+        assert row is not None
+        if row["status"] == "CAPTURED":
+            return ChargeResult(True, row["charge_id"])
+        return ChargeResult(False, row["charge_id"], f"card {row['status'].lower()}")
+
+    async def cancel(self, idempotency_key: str) -> str | None:
+        """Refund a capture, or leave a VOIDED mark that blocks any later capture."""
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO psp_charges (idempotency_key, charge_id, amount_cents, status)"
+                " VALUES ($1, $2, 0, 'VOIDED') ON CONFLICT (idempotency_key) DO UPDATE"
+                " SET status = CASE WHEN psp_charges.status = 'CAPTURED' THEN 'REFUNDED'"
+                " ELSE psp_charges.status END, updated_at = now()"
+                " RETURNING charge_id, status",
+                idempotency_key,
+                f"ch_{uuid.uuid4().hex[:20]}",
+            )
+        assert row is not None
+        return str(row["charge_id"]) if row["status"] == "REFUNDED" else None

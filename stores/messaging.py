@@ -1,0 +1,80 @@
+"""Inbox and outbox: the two tables that make a saga step exactly-once.
+
+The inbox row and the outbox rows are written in the same transaction as the
+business change, so "applied" and "emitted" can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+OUTBOX_CHANNEL = "oms_outbox"
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One Kafka record waiting in the outbox."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    id: int = 0
+
+
+async def claim(conn: asyncpg.Connection, event_id: str, event_type: str) -> bool:
+    """Record an incoming event; False means it was applied before (a duplicate)."""
+    inserted = await conn.fetchval(
+        "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING true",
+        event_id,
+        event_type,
+    )
+    return bool(inserted)
+
+
+async def enqueue(conn: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
+    """Add outgoing records and wake the relays of every worker on commit."""
+    if not messages:
+        return
+    await conn.executemany(
+        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)",
+        [(m.topic, m.key, m.value, m.headers) for m in messages],
+    )
+    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+
+
+async def unsent(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
+    """The oldest unpublished records, in commit-id order."""
+    rows = await conn.fetch(
+        "SELECT id, topic, key, value, headers FROM outbox"
+        " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+        limit,
+    )
+    return [
+        OutboxMessage(r["topic"], r["key"], r["value"], r["headers"], r["id"]) for r in rows
+    ]
+
+
+async def mark_sent(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
+    """Mark records as published; a crash before this only causes a duplicate."""
+    await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids)
+
+
+async def backlog(conn: asyncpg.Connection) -> int:
+    """How many records wait to be published."""
+    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+
+
+async def purge(conn: asyncpg.Connection, older_than_s: float) -> int:
+    """Delete outbox rows published longer ago than ``older_than_s``.
+
+    The inbox is never purged here: it must outlive every replay it protects.
+    """
+    sent = await conn.execute(
+        "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s
+    )
+    return int(sent.split()[-1])

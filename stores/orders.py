@@ -1,0 +1,83 @@
+"""The orders database: one row per order, its status guarded in SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+PENDING, CONFIRMED, CANCELLED = "PENDING", "CONFIRMED", "CANCELLED"
+TERMINAL = (CONFIRMED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class Order:
+    order_id: str
+    customer_id: str
+    status: str
+    amount_cents: int
+    currency: str
+    lines: list[dict[str, Any]]
+    payment_token: str
+    reason: str | None
+    placed_at: datetime
+    updated_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        """The web-view representation."""
+        return {
+            **{k: v for k, v in self.__dict__.items() if k not in ("placed_at", "updated_at")},
+            "placed_at": self.placed_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+async def create(conn: asyncpg.Connection, order: Order) -> bool:
+    """Insert a new order; False when the order id exists already."""
+    created = await conn.fetchval(
+        "INSERT INTO orders (order_id, customer_id, status, amount_cents, currency, lines,"
+        " payment_token, reason, placed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        " ON CONFLICT (order_id) DO NOTHING RETURNING true",
+        order.order_id,
+        order.customer_id,
+        order.status,
+        order.amount_cents,
+        order.currency,
+        order.lines,
+        order.payment_token,
+        order.reason,
+        order.placed_at,
+    )
+    return bool(created)
+
+
+async def transition(
+    conn: asyncpg.Connection, order_id: str, to: str, reason: str | None = None
+) -> Order | None:
+    """Move a PENDING order to ``to``; None when it is missing or already terminal."""
+    row = await conn.fetchrow(
+        "UPDATE orders SET status = $2, reason = coalesce($3, reason), updated_at = now()"
+        " WHERE order_id = $1 AND status = 'PENDING' RETURNING *",
+        order_id,
+        to,
+        reason,
+    )
+    return Order(**dict(row)) if row else None
+
+
+async def get(conn: asyncpg.Connection, order_id: str) -> Order | None:
+    """One order by id."""
+    row = await conn.fetchrow(
+        "SELECT order_id, customer_id, status, amount_cents, currency, lines, payment_token,"
+        " reason, placed_at, updated_at FROM orders WHERE order_id = $1",
+        order_id,
+    )
+    return Order(**dict(row)) if row else None
+
+
+async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
+    """Orders per status."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}

@@ -1,0 +1,325 @@
+"""The embedded runtime behind ``oms up``: Tansu, embedded PostgreSQL, the supervisor.
+
+Everything here runs real processes. Every wait is a condition polled until a
+deadline; no test sleeps to let something happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import psutil
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from agents.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
+from agents.supervisor import ChildSpec, Supervisor
+from config.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 20.0
+POLL_S = 0.05
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def eventually(check: Callable[[], bool], what: str, limit_s: float = DEADLINE_S) -> None:
+    """Poll ``check`` until it holds, failing with ``what`` at the deadline.
+
+    Process state has no event to await, so this polls; the deadline bounds it.
+    """
+    try:
+        async with asyncio.timeout(limit_s):
+            while True:
+                if check():
+                    return
+                await asyncio.sleep(POLL_S)
+    except TimeoutError:
+        pytest.fail(f"{what} (still so after {limit_s}s)")
+
+
+async def within(awaitable: Awaitable[object], what: str, limit_s: float = DEADLINE_S) -> object:
+    """Await with a deadline and a failure message that says what was awaited."""
+    try:
+        async with asyncio.timeout(limit_s):
+            return await awaitable
+    except TimeoutError:
+        pytest.fail(f"timed out after {limit_s}s waiting for {what}")
+
+
+async def spawn_python(code: str, *args: str) -> asyncio.subprocess.Process:
+    """Run ``code`` in a fresh interpreter with its stdout piped to us."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", textwrap.dedent(code), *args, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def read_json_line(proc: asyncio.subprocess.Process) -> object:
+    assert proc.stdout is not None
+    line = await within(proc.stdout.readline(), "the child's first output line")
+    assert isinstance(line, bytes) and line, "child exited before printing"
+    return json.loads(line)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    with start_broker(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    with start_postgres(tmp_path) as running:
+        yield running
+
+
+# ---------------------------------------------------------------- broker
+
+
+async def test_broker_round_trip_and_stop(broker: EmbeddedBroker) -> None:
+    topic = f"test-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=4, replication_factor=1)])
+    finally:
+        await admin.close()
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"hello", key=b"order-1")
+        partitions = await producer.partitions_for(topic)
+    finally:
+        await producer.stop()
+    assert len(partitions) == 4
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        record = await within(consumer.getone(), "the produced record")
+    finally:
+        await consumer.stop()
+    assert getattr(record, "value", None) == b"hello"
+
+    pid = broker.pid
+    broker.stop()
+    assert gone(pid), "broker process still running after stop()"
+
+
+async def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    parent = await spawn_python(
+        """
+        import json, sys, threading
+        from pathlib import Path
+        from agents.embedded import start_broker
+        broker = start_broker(Path(sys.argv[1]))
+        print(json.dumps(broker.pid), flush=True)
+        threading.Event().wait()
+        """,
+        str(tmp_path),
+    )
+    broker_pid = await read_json_line(parent)
+    assert isinstance(broker_pid, int) and not gone(broker_pid)
+
+    parent.kill()
+    await within(parent.wait(), "the killed parent to be reaped")
+    await eventually(lambda: gone(broker_pid), "broker outlived its SIGKILLed parent")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+async def test_postgres_serves_settings_dsn(postgres: EmbeddedPostgres) -> None:
+    settings = Settings(database_url=postgres.url, database_prefix="")
+    conn = await asyncpg.connect(settings.dsn("postgres"))
+    database = f"test_{uuid.uuid4().hex[:8]}"
+    try:
+        await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+
+    conn = await asyncpg.connect(settings.dsn(database))
+    try:
+        assert await conn.fetchval("SELECT current_database()") == database
+    finally:
+        await conn.close()
+
+
+async def test_postgres_stop_and_reuse(tmp_path: Path) -> None:
+    first = start_postgres(tmp_path)
+    pid = first.pid
+    assert pid is not None
+    conn = await asyncpg.connect(first.dsn("postgres"))
+    try:
+        await conn.execute('CREATE DATABASE "kept"')
+    finally:
+        await conn.close()
+    first.stop()
+    await eventually(lambda: gone(pid), "postmaster still running after stop()")
+
+    with start_postgres(tmp_path) as second:
+        conn = await asyncpg.connect(second.dsn("kept"))
+        try:
+            assert await conn.fetchval("SELECT current_database()") == "kept"
+        finally:
+            await conn.close()
+
+
+async def test_postgres_adopted_after_its_starter_was_killed(tmp_path: Path) -> None:
+    starter = await spawn_python(
+        """
+        import json, os, signal, sys
+        from pathlib import Path
+        from agents.embedded import start_postgres
+        print(json.dumps(start_postgres(Path(sys.argv[1])).pid), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """,
+        str(tmp_path),
+    )
+    pid = await read_json_line(starter)
+    await within(starter.wait(), "the starter to kill itself")
+    assert isinstance(pid, int) and not gone(pid), "pg_ctl daemon should survive its starter"
+
+    adopted = start_postgres(tmp_path)
+    assert adopted.pid == pid
+    adopted.stop()
+    await eventually(lambda: gone(pid), "adopted postmaster still running after stop()")
+    assert adopted.pid is None
+
+
+# ---------------------------------------------------------------- supervisor
+
+
+@pytest.fixture
+async def supervisor(tmp_path: Path) -> AsyncIterator[Supervisor]:
+    sup = Supervisor(tmp_path / "logs")
+    yield sup
+    await sup.stop(grace=2.0)
+
+
+async def test_wait_names_the_child_that_died(supervisor: Supervisor) -> None:
+    crasher = [sys.executable, "-c", "raise SystemExit(3)"]
+    await supervisor.start(
+        [
+            ChildSpec("a", SLEEPER, {}),
+            ChildSpec("b", SLEEPER, {}),
+            ChildSpec("crasher", crasher, {}),
+        ]
+    )
+    pids = supervisor.pids()
+
+    assert await within(supervisor.wait(), "wait() after a child exit") == "crasher"
+    assert supervisor.exit_codes == {"crasher": 3}
+    assert supervisor.running("a") and supervisor.running("b")
+
+    await supervisor.stop()
+    assert supervisor.pids() == {}
+    assert all(gone(pid) for pid in pids.values())
+
+
+async def test_kill_and_restart_are_not_failures(supervisor: Supervisor) -> None:
+    await supervisor.start([ChildSpec("a", SLEEPER, {}), ChildSpec("b", SLEEPER, {})])
+    waiter = asyncio.create_task(supervisor.wait())
+    old_pid = supervisor.pids()["a"]
+
+    await supervisor.kill("a")
+    assert not supervisor.running("a") and gone(old_pid)
+    new_pid = await supervisor.restart("a")
+    assert new_pid != old_pid and supervisor.running("a")
+    assert not waiter.done(), "an explicit kill/restart ended wait()"
+
+    os.kill(supervisor.pids()["b"], signal.SIGKILL)  # an exit nobody asked for
+    assert await within(waiter, "wait() after b was killed from outside") == "b"
+
+
+async def test_stop_escalates_to_sigkill(supervisor: Supervisor, tmp_path: Path) -> None:
+    stubborn = textwrap.dedent(
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("ready", flush=True)
+        time.sleep(600)
+        """
+    )
+    await supervisor.start([ChildSpec("stubborn", [sys.executable, "-c", stubborn], {})])
+    log = tmp_path / "logs" / "stubborn.log"
+    await eventually(lambda: "ready" in log.read_text(), "stubborn child never got ready")
+    pid = supervisor.pids()["stubborn"]
+
+    await within(supervisor.stop(grace=0.5), "stop() of a child ignoring SIGTERM")
+    assert gone(pid)
+
+
+async def test_child_env_and_log(supervisor: Supervisor, tmp_path: Path) -> None:
+    code = "import os; print(os.environ['OMS_PROBE'])"
+    await supervisor.start([ChildSpec("probe", [sys.executable, "-c", code], {"OMS_PROBE": "x1"})])
+    assert await within(supervisor.wait(), "the probe child to finish") == "probe"
+    assert "x1" in (tmp_path / "logs" / "probe.log").read_text()
+
+
+SUPERVISOR_SCRIPT = """
+    import asyncio, json, sys
+    from pathlib import Path
+    from agents.supervisor import ChildSpec, Supervisor
+
+    async def main() -> int:
+        sup = Supervisor(Path(sys.argv[1]))
+        sup.install_signal_handlers()
+        sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+        await sup.start([ChildSpec("a", sleeper, {}), ChildSpec("b", sleeper, {})])
+        print(json.dumps(list(sup.pids().values())), flush=True)
+        died = await sup.wait()
+        await sup.stop()
+        return 1 if died else 0
+
+    sys.exit(asyncio.run(main()))
+"""
+
+
+async def test_sigterm_to_supervisor_stops_children(tmp_path: Path) -> None:
+    proc = await spawn_python(SUPERVISOR_SCRIPT, str(tmp_path))
+    child_pids = await read_json_line(proc)
+    assert isinstance(child_pids, list) and len(child_pids) == 2
+
+    proc.terminate()
+    assert await within(proc.wait(), "the supervisor to exit on SIGTERM") == 0
+    assert all(gone(pid) for pid in child_pids)
+
+
+async def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    proc = await spawn_python(SUPERVISOR_SCRIPT, str(tmp_path))
+    child_pids = await read_json_line(proc)
+    assert isinstance(child_pids, list) and len(child_pids) == 2
+
+    proc.kill()
+    await within(proc.wait(), "the killed supervisor to be reaped")
+    await eventually(
+        lambda: all(gone(pid) for pid in child_pids), "children outlived a SIGKILLed supervisor"
+    )
