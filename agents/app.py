@@ -26,6 +26,8 @@ def broker_url(settings: Settings) -> str:
 
 def create_app(service: str, settings: Settings) -> faust.App:
     """A Faust app with the OMS defaults: its own consumer group, web port and /metrics."""
+    datadir = Path(settings.data_dir) / "faust" / service
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"oms-{service}",
         broker=broker_url(settings),
@@ -40,7 +42,7 @@ def create_app(service: str, settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=1,
         stream_wait_empty=False,
-        datadir=str(Path(settings.data_dir) / "faust" / service),
+        datadir=str(datadir),
     )
     setup_prometheus_sensors(app, pattern="/metrics")
     return app

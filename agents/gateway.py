@@ -29,6 +29,12 @@ class ChargeResult:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class Refund:
+    charge_id: str
+    amount_cents: int
+
+
 class PaymentGateway(Protocol):
     """What the payments step needs from a PSP."""
 
@@ -36,10 +42,10 @@ class PaymentGateway(Protocol):
         """Capture ``amount_cents``; the same key always gives the same result."""
         ...
 
-    async def cancel(self, idempotency_key: str) -> str | None:
+    async def cancel(self, idempotency_key: str) -> Refund | None:
         """Refund the capture under this key, or void the key so it never captures.
 
-        Returns the refunded charge id, or None when nothing had been captured.
+        Returns the refund, or None when nothing had been captured.
         """
         ...
 
@@ -67,7 +73,7 @@ class SimulatedGateway:
                 "INSERT INTO psp_charges (idempotency_key, charge_id, amount_cents, status)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key)"
                 " DO UPDATE SET idempotency_key = excluded.idempotency_key"
-                " RETURNING charge_id, status",
+                " RETURNING charge_id, status, amount_cents",
                 idempotency_key,
                 f"ch_{uuid.uuid4().hex[:20]}",
                 amount_cents,
@@ -78,7 +84,7 @@ class SimulatedGateway:
             return ChargeResult(True, row["charge_id"])
         return ChargeResult(False, row["charge_id"], f"card {row['status'].lower()}")
 
-    async def cancel(self, idempotency_key: str) -> str | None:
+    async def cancel(self, idempotency_key: str) -> Refund | None:
         """Refund a capture, or leave a VOIDED mark that blocks any later capture."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
@@ -86,9 +92,11 @@ class SimulatedGateway:
                 " VALUES ($1, $2, 0, 'VOIDED') ON CONFLICT (idempotency_key) DO UPDATE"
                 " SET status = CASE WHEN psp_charges.status = 'CAPTURED' THEN 'REFUNDED'"
                 " ELSE psp_charges.status END, updated_at = now()"
-                " RETURNING charge_id, status",
+                " RETURNING charge_id, status, amount_cents",
                 idempotency_key,
                 f"ch_{uuid.uuid4().hex[:20]}",
             )
         assert row is not None
-        return str(row["charge_id"]) if row["status"] == "REFUNDED" else None
+        if row["status"] != "REFUNDED":
+            return None
+        return Refund(str(row["charge_id"]), int(row["amount_cents"]))

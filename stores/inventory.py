@@ -78,6 +78,11 @@ async def settle(conn: asyncpg.Connection, order_id: str, to: str) -> bool:
     return updated != "UPDATE 0"
 
 
+async def record_rejected(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
+    """Remember a rejection decided before any stock was touched."""
+    await _decide(conn, order_id, REJECTED, reason)
+
+
 async def record_cancelled(conn: asyncpg.Connection, order_id: str) -> None:
     """Remember a cancel for an order never reserved, so a late create is not reserved."""
     await _decide(conn, order_id, CANCELLED, "cancelled before reservation")

@@ -6,9 +6,8 @@ in file-name order. An advisory lock lets two workers start at once safely.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import asyncpg
 
@@ -44,13 +43,19 @@ async def migrate(conn: asyncpg.Connection, service: str) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
 
 
+def check_database_name(name: str) -> str:
+    """Database names are interpolated into DDL, so only plain identifiers pass."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        raise ValueError(f"database name {name!r} must be lower-case letters, digits, underscores")
+    return name
+
+
 async def ensure_database(server_dsn: str, name: str) -> bool:
     """Create database ``name`` if missing; return True when it was created.
 
     ``server_dsn`` points at any existing database of the server (``postgres``).
     """
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
-        raise ValueError(f"database name {name!r} must be lower-case letters, digits, underscores")
+    check_database_name(name)
     conn = await asyncpg.connect(server_dsn)
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)

@@ -10,6 +10,10 @@ import asyncpg
 
 PENDING, CONFIRMED, CANCELLED = "PENDING", "CONFIRMED", "CANCELLED"
 TERMINAL = (CONFIRMED, CANCELLED)
+_COLUMNS = (
+    "order_id, customer_id, status, amount_cents, currency, lines, payment_token, reason,"
+    " placed_at, updated_at"
+)
 
 
 @dataclass(frozen=True)
@@ -59,25 +63,30 @@ async def transition(
     """Move a PENDING order to ``to``; None when it is missing or already terminal."""
     row = await conn.fetchrow(
         "UPDATE orders SET status = $2, reason = coalesce($3, reason), updated_at = now()"
-        " WHERE order_id = $1 AND status = 'PENDING' RETURNING *",
+        f" WHERE order_id = $1 AND status = 'PENDING' RETURNING {_COLUMNS}",
         order_id,
         to,
         reason,
     )
-    return Order(**dict(row)) if row else None
+    return _order(row) if row else None
 
 
 async def get(conn: asyncpg.Connection, order_id: str) -> Order | None:
     """One order by id."""
     row = await conn.fetchrow(
-        "SELECT order_id, customer_id, status, amount_cents, currency, lines, payment_token,"
-        " reason, placed_at, updated_at FROM orders WHERE order_id = $1",
+        f"SELECT {_COLUMNS} FROM orders WHERE order_id = $1",
         order_id,
     )
-    return Order(**dict(row)) if row else None
+    return _order(row) if row else None
 
 
 async def count_by_status(conn: asyncpg.Connection) -> dict[str, int]:
     """Orders per status."""
     rows = await conn.fetch("SELECT status, count(*) AS n FROM orders GROUP BY status")
     return {r["status"]: r["n"] for r in rows}
+
+
+def _order(row: asyncpg.Record) -> Order:
+    data = dict(row)
+    data["order_id"] = str(data["order_id"])
+    return Order(**data)

@@ -1,0 +1,193 @@
+"""``oms check``: prove the DESIGN invariants directly in the three databases.
+
+Each invariant is one query (or one pass over decoded outbox rows) and
+yields violations. On a live system, orders still inside their deadline and
+settlements younger than ``settle_grace_s`` are reported as in flight, not as
+violations.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from config import Settings
+from schemas.codec import DecodeError, decode
+from stores.db import init_connection
+
+
+@dataclass
+class Invariant:
+    name: str
+    violations: list[str] = field(default_factory=list)
+    in_flight: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+@dataclass
+class AuditReport:
+    invariants: list[Invariant]
+    counts: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return all(i.ok for i in self.invariants)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(i.in_flight for i in self.invariants)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.counts,
+            "invariants": "ok" if self.ok else "violated",
+            "violations": sum(len(i.violations) for i in self.invariants),
+            "in_flight": self.in_flight,
+        }
+
+
+async def audit(settings: Settings, *, settle_grace_s: float = 10.0) -> AuditReport:
+    """Read the three databases and check every invariant."""
+    conns = {s: await asyncpg.connect(settings.dsn(s)) for s in ("orders", "inventory", "payments")}
+    try:
+        for conn in conns.values():
+            await init_connection(conn)
+        orders = {str(r["order_id"]): r for r in await conns["orders"].fetch(
+            "SELECT order_id, status, amount_cents, placed_at,"
+            " extract(epoch FROM now() - updated_at) AS settled_s,"
+            " extract(epoch FROM now() - placed_at) AS age_s FROM orders")}
+        reservations = {str(r["order_id"]): r["status"] for r in await conns["inventory"].fetch(
+            "SELECT order_id, status FROM reservations")}
+        captures = {r["idempotency_key"]: r for r in await conns["payments"].fetch(
+            "SELECT idempotency_key, status, amount_cents FROM psp_charges")}
+        ctx = _Context(orders, reservations, captures, settings.saga_timeout_s, settle_grace_s)
+        invariants = [
+            _terminal(ctx),
+            _confirmed_settled(ctx),
+            _cancelled_compensated(ctx),
+            await _stock_conserved(conns["inventory"]),
+            _no_double_charge(ctx),
+            await _no_double_apply(conns),
+        ]
+    finally:
+        for conn in conns.values():
+            await conn.close()
+    statuses = Counter(r["status"] for r in orders.values())
+    counts = {"orders": len(orders), "confirmed": statuses["CONFIRMED"],
+              "cancelled": statuses["CANCELLED"], "pending": statuses["PENDING"]}
+    return AuditReport(invariants, counts)
+
+
+@dataclass
+class _Context:
+    orders: dict[str, asyncpg.Record]
+    reservations: dict[str, str]
+    captures: dict[str, asyncpg.Record]
+    timeout_s: float
+    grace_s: float
+
+    def settling(self, order: asyncpg.Record) -> bool:
+        return float(order["settled_s"]) < self.grace_s
+
+
+def _terminal(ctx: _Context) -> Invariant:
+    inv = Invariant("every order ends CONFIRMED or CANCELLED")
+    for order_id, order in ctx.orders.items():
+        if order["status"] != "PENDING":
+            continue
+        if float(order["age_s"]) <= ctx.timeout_s + ctx.grace_s:
+            inv.in_flight += 1
+        else:
+            inv.violations.append(f"{order_id} PENDING for {float(order['age_s']):.0f}s")
+    return inv
+
+
+def _confirmed_settled(ctx: _Context) -> Invariant:
+    inv = Invariant("confirmed: exactly one capture of the order amount, reservation sold")
+    for order_id, order in ctx.orders.items():
+        if order["status"] != "CONFIRMED":
+            continue
+        capture = ctx.captures.get(order_id)
+        problems = []
+        if capture is None or capture["status"] != "CAPTURED":
+            problems.append(f"capture {capture['status'] if capture else 'missing'}")
+        elif capture["amount_cents"] != order["amount_cents"]:
+            problems.append(f"captured {capture['amount_cents']} != {order['amount_cents']}")
+        if ctx.reservations.get(order_id) != "SOLD":
+            problems.append(f"reservation {ctx.reservations.get(order_id)}")
+        _classify(inv, ctx, order, order_id, problems)
+    return inv
+
+
+def _cancelled_compensated(ctx: _Context) -> Invariant:
+    inv = Invariant("cancelled: no net charge, reservation released or never made")
+    for order_id, order in ctx.orders.items():
+        if order["status"] != "CANCELLED":
+            continue
+        problems = []
+        capture = ctx.captures.get(order_id)
+        if capture is not None and capture["status"] == "CAPTURED":
+            problems.append("still captured")
+        if ctx.reservations.get(order_id) in ("RESERVED", "SOLD"):
+            problems.append(f"reservation {ctx.reservations[order_id]}")
+        _classify(inv, ctx, order, order_id, problems)
+    return inv
+
+
+def _classify(inv: Invariant, ctx: _Context, order: asyncpg.Record, order_id: str,
+              problems: list[str]) -> None:
+    if not problems:
+        return
+    if ctx.settling(order):
+        inv.in_flight += 1
+    else:
+        inv.violations.append(f"{order_id} {order['status']}: {', '.join(problems)}")
+
+
+async def _stock_conserved(conn: asyncpg.Connection) -> Invariant:
+    inv = Invariant("per SKU: total = available + reserved + sold, held = reservations")
+    rows = await conn.fetch(
+        "SELECT s.sku, s.total, s.available, s.reserved, s.sold,"
+        " coalesce(sum(l.quantity) FILTER (WHERE r.status = 'RESERVED'), 0) AS held,"
+        " coalesce(sum(l.quantity) FILTER (WHERE r.status = 'SOLD'), 0) AS sold_lines"
+        " FROM stock s LEFT JOIN reservation_lines l ON l.sku = s.sku"
+        " LEFT JOIN reservations r ON r.order_id = l.order_id GROUP BY s.sku")
+    for r in rows:
+        if r["available"] < 0 or r["available"] + r["reserved"] + r["sold"] != r["total"]:
+            inv.violations.append(f"{r['sku']}: units not conserved {dict(r)}")
+        if r["reserved"] != r["held"] or r["sold"] != r["sold_lines"]:
+            inv.violations.append(
+                f"{r['sku']}: reserved {r['reserved']} vs held {r['held']},"
+                f" sold {r['sold']} vs sold lines {r['sold_lines']}")
+    return inv
+
+
+def _no_double_charge(ctx: _Context) -> Invariant:
+    inv = Invariant("no order is charged twice or for an unknown order")
+    for key, capture in ctx.captures.items():
+        if capture["status"] in ("CAPTURED", "REFUNDED") and key not in ctx.orders:
+            inv.violations.append(f"{key}: charge for an order the orders service never created")
+    return inv
+
+
+async def _no_double_apply(conns: dict[str, asyncpg.Connection]) -> Invariant:
+    """Every (order, event type) is emitted at most once by its service."""
+    inv = Invariant("no event applied twice (each order emits each event type once)")
+    for service, conn in conns.items():
+        seen: Counter[tuple[str, str]] = Counter()
+        for row in await conn.fetch("SELECT value FROM outbox"):
+            try:
+                envelope = decode(row["value"])
+            except DecodeError as exc:
+                inv.violations.append(f"{service} outbox holds an undecodable row: {exc}")
+                continue
+            seen[(envelope.order_id, envelope.type)] += 1
+        inv.violations += [f"{service}: {t} emitted {n} times for {o}"
+                           for (o, t), n in seen.items() if n > 1]
+    return inv

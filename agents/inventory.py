@@ -1,0 +1,126 @@
+"""The inventory service: reserve all lines or none, then sell or release.
+
+| on | does | emits |
+|---|---|---|
+| OrderCreated | reserve every line or none | InventoryReserved / InventoryRejected |
+| OrderConfirmed | reservation becomes sold | InventoryCommitted |
+| OrderCancelled | release the reservation if held | InventoryReleased |
+
+All three arrive on ``oms.order-events``, so they reach this service in order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import asyncpg
+import faust
+
+from agents.app import service_app
+from agents.step import Handler, InvalidEvent
+from agents.topics import INVENTORY_EVENTS, ORDER_EVENTS
+from config import Settings
+from schemas.codec import new_envelope
+from schemas.oms_pb2 import (
+    Envelope,
+    InventoryCommitted,
+    InventoryRejected,
+    InventoryReleased,
+    InventoryReserved,
+    OrderCreated,
+)
+from stores import inventory
+from stores.inventory import RELEASED, RESERVED, SOLD
+
+SERVICE = "inventory"
+SOURCES = (ORDER_EVENTS,)
+HANDLED = frozenset({"OrderCreated", "OrderConfirmed", "OrderCancelled"})
+
+
+async def handle(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
+    """The inventory step for one event (inside the step transaction)."""
+    if envelope.type == "OrderCreated":
+        return await reserve(conn, envelope)
+    if envelope.type == "OrderConfirmed":
+        return await settle(conn, envelope, SOLD, InventoryCommitted())
+    if envelope.type == "OrderCancelled":
+        return await release(conn, envelope)
+    return []
+
+
+def quantities(body: OrderCreated) -> Counter[str]:
+    """Units per SKU, summing repeated SKUs; invalid lines are dead letters."""
+    if not body.lines:
+        raise InvalidEvent("lines: at least one line is required")
+    wanted: Counter[str] = Counter()
+    for i, line in enumerate(body.lines):
+        if not line.sku or line.quantity <= 0:
+            raise InvalidEvent(f"lines[{i}]: sku must be set and quantity positive")
+        wanted[line.sku] += line.quantity
+    return wanted
+
+
+async def reserve(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
+    """Reserve every line or none; an order seen before (or cancelled first) is left alone."""
+    body = envelope.order_created
+    wanted = quantities(body)
+    if await inventory.reservation_status(conn, envelope.order_id) is not None:
+        return []
+    unknown = await inventory.unknown_skus(conn, list(wanted))
+    if unknown:
+        reason = "unknown sku: " + ", ".join(unknown)
+        await inventory.record_rejected(conn, envelope.order_id, reason)
+        return [_rejected(envelope, reason, unknown)]
+    short = await inventory.try_reserve(conn, envelope.order_id, wanted)
+    if short:
+        return [_rejected(envelope, "out of stock: " + ", ".join(short), short)]
+    reserved = InventoryReserved(
+        lines=body.lines,
+        amount_cents=body.amount_cents,
+        currency=body.currency,
+        payment_token=body.payment_token,
+    )
+    return [new_envelope(envelope.order_id, reserved, producer=SERVICE, cause=envelope)]
+
+
+def _rejected(envelope: Envelope, reason: str, skus: list[str]) -> Envelope:
+    body = InventoryRejected(reason=reason, skus=skus)
+    return new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)
+
+
+async def settle(
+    conn: asyncpg.Connection,
+    envelope: Envelope,
+    to: str,
+    event: InventoryCommitted | InventoryReleased,
+) -> list[Envelope]:
+    """Sell or release a held reservation; anything else is already settled."""
+    if await inventory.reservation_status(conn, envelope.order_id) != RESERVED:
+        return []
+    await inventory.settle(conn, envelope.order_id, to)
+    return [new_envelope(envelope.order_id, event, producer=SERVICE, cause=envelope)]
+
+
+async def release(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
+    """Release a held reservation, or remember the cancel so nothing is reserved later."""
+    status = await inventory.reservation_status(conn, envelope.order_id)
+    if status is None:
+        await inventory.record_cancelled(conn, envelope.order_id)
+        return []
+    return await settle(conn, envelope, RELEASED, InventoryReleased())
+
+
+def build(settings: Settings) -> faust.App:
+    """The inventory Faust app."""
+
+    def handler_factory(pool: asyncpg.Pool) -> Handler:
+        return handle
+
+    app, runtime = service_app(
+        SERVICE, settings, sources=SOURCES, output=INVENTORY_EVENTS, handled=HANDLED,
+        handler_factory=handler_factory,
+    )
+    from agents.views.inventory import add_inventory_views
+
+    add_inventory_views(app, runtime)
+    return app

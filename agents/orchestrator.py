@@ -1,0 +1,165 @@
+"""The saga tracker: every event updates its saga's row in a Faust table.
+
+The table is keyed by order id and co-partitioned with every topic it reads,
+so each worker owns the sagas of its partitions. A timer turns a saga past
+its deadline into a ``SagaTimedOut`` event on ``oms.saga-events``; the agent
+reads it like any other event and sends ``CancelOrder``, so the decision is
+made in one place (:func:`agents.saga.transition`) and recorded in the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+from faust.types import StreamT
+from faust.types.tuples import Message
+
+from agents import metrics
+from agents.app import add_health_views, create_app
+from agents.saga import Saga, expired, overdue, transition
+from agents.topics import (
+    DEAD_LETTERS,
+    INVENTORY_EVENTS,
+    ORDER_COMMANDS,
+    ORDER_EVENTS,
+    PAYMENT_EVENTS,
+    SAGA_EVENTS,
+)
+from config import Settings
+from schemas.codec import DecodeError, decode, encode, new_envelope
+from schemas.oms_pb2 import SagaTimedOut
+
+log = logging.getLogger(__name__)
+SERVICE = "orchestrator"
+RESEND_MS = 5000  # re-send SagaTimedOut if the first one has not been applied by then
+SOURCES = (ORDER_COMMANDS, ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS, SAGA_EVENTS)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """The tracker's table and the glue between Kafka and :func:`transition`."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.timeout_ms = int(settings.saga_timeout_s * 1000)
+        self.retention_ms = int(settings.saga_retention_s * 1000)
+        self.sagas = app.Table(
+            "sagas",
+            default=None,
+            schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+            partitions=settings.partitions,
+            use_partitioner=True,  # the timer deletes expired rows outside the stream
+        )
+        self.commands = app.topic(settings.topic(ORDER_COMMANDS), key_type=bytes,
+                                  value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.saga_events = app.topic(settings.topic(SAGA_EVENTS), key_type=bytes,
+                                     value_type=bytes, key_serializer="raw",
+                                     value_serializer="raw")
+        self.dead_letters = settings.topic(DEAD_LETTERS)
+        self._timeouts_sent: dict[bytes, int] = {}  # order -> when SagaTimedOut was sent
+
+    def saga(self, order_id: str) -> Saga | None:
+        """The locally held saga of an order, if this worker owns it."""
+        data = self.sagas.get(order_id.encode())
+        return Saga.from_dict(data) if data else None
+
+    async def on_message(self, message: Message) -> None:
+        """Apply one event to its saga and send what the transition decided."""
+        try:
+            envelope = decode(message.value)
+        except DecodeError as exc:
+            await self._dead_letter(message, f"undecodable: {exc}")
+            return
+        key = envelope.order_id.encode()
+        current = self.sagas.get(key)
+        before = Saga.from_dict(current) if current else None
+        was_finished = before.finished if before else False
+        saga, commands = transition(before, envelope, now_ms(), self.timeout_ms)
+        self.sagas[key] = saga.as_dict()
+        for command in commands:
+            await self.commands.send(key=key, value=encode(command))
+        if saga.finished and not was_finished:
+            self._observe_outcome(saga)
+
+    def _observe_outcome(self, saga: Saga) -> None:
+        outcome = saga.status.lower()
+        reason = "timeout" if saga.timed_out else _reason_label(saga.reason)
+        metrics.SAGA_OUTCOMES.labels(outcome, reason).inc()
+        elapsed = max(saga.finished_at_ms - saga.placed_at_ms, 0) / 1000
+        metrics.ORDER_E2E.labels(outcome).observe(elapsed)
+
+    async def tick(self) -> None:
+        """Time out overdue sagas and drop long-finished ones from the table."""
+        now = now_ms()
+        for key, data in list(self.sagas.items()):
+            saga = Saga.from_dict(data)
+            if overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
+                self._timeouts_sent[key] = now
+                body = SagaTimedOut(deadline_ms=saga.deadline_ms)
+                event = new_envelope(saga.order_id, body, producer=SERVICE,
+                                     placed_at_ms=saga.placed_at_ms)
+                await self.saga_events.send(key=key, value=encode(event))
+            elif expired(saga, now, self.retention_ms):
+                del self.sagas[key]
+            if saga.finished or saga.timed_out:
+                self._timeouts_sent.pop(key, None)
+
+    async def _dead_letter(self, message: Message, reason: str) -> None:
+        metrics.DEAD_LETTERS.labels(SERVICE, reason.split(":", 1)[0]).inc()
+        headers = list(message.headers or []) + [
+            ("oms-dlq-reason", reason.encode()),
+            ("oms-dlq-service", SERVICE.encode()),
+            ("oms-dlq-topic", message.topic.encode()),
+            ("oms-dlq-partition", str(message.partition).encode()),
+            ("oms-dlq-offset", str(message.offset).encode()),
+        ]
+        await self.app.producer.send_and_wait(
+            self.dead_letters, message.key, message.value, None, None, headers
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Sagas per status among the partitions this worker owns."""
+        counts: dict[str, int] = {}
+        for data in self.sagas.values():
+            counts[data["status"]] = counts.get(data["status"], 0) + 1
+        return counts
+
+
+def _reason_label(reason: str) -> str:
+    """A low-cardinality label: 'out of stock: SKU-1' -> 'out of stock'."""
+    return reason.split(":", 1)[0] if reason else "none"
+
+
+def build(settings: Settings) -> faust.App:
+    """The tracker Faust app."""
+    app = create_app(SERVICE, settings)
+    tracker = Tracker(app, settings)
+    topic = app.topic(*(settings.topic(s) for s in SOURCES), key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+
+    async def track(stream: StreamT) -> AsyncIterator[None]:
+        async for event in stream.events():
+            await tracker.on_message(event.message)
+            yield None
+
+    app.agent(topic, name="oms-orchestrator.track")(track)
+    app.timer(interval=1.0)(tracker.tick)
+    add_health_views(app, SERVICE, lambda: {"table_recovered": app.tables.recovery.completed.is_set()})
+    from agents.views.tracker import add_tracker_views
+
+    add_tracker_views(app, tracker)
+    app.tracker = tracker  # type: ignore[attr-defined]
+    return app
+
+
+def saga_json(saga: Saga) -> dict[str, Any]:
+    """The web-view representation of a saga."""
+    return saga.as_dict()

@@ -1,0 +1,134 @@
+"""The whole system as processes: broker, PostgreSQL, and the service workers.
+
+``oms up``, ``oms demo``, the benchmark and the end-to-end tests all start the
+system through :func:`start_stack`, so they run exactly what production runs,
+one process per worker. Unset broker or database settings select the embedded
+Tansu broker and embedded PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from agents.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
+from agents.supervisor import ChildSpec, Supervisor
+from agents.system import drop_databases, init_system
+from config import SERVICES, Settings
+
+WORKER_PORT_STRIDE = 10  # worker k of a service listens on base + 10k + index
+
+
+@dataclass
+class Stack:
+    """A running system; ``settings`` point at its broker and database."""
+
+    settings: Settings
+    supervisor: Supervisor
+    workers: dict[str, list[str]] = field(default_factory=dict)  # service -> child names
+    broker: EmbeddedBroker | None = None
+    postgres: EmbeddedPostgres | None = None
+
+    def worker_settings(self, child: str) -> Settings:
+        """Settings of one worker (its web port differs from its siblings')."""
+        k = int(child.rsplit("-", 1)[1])
+        return self.settings.model_copy(
+            update={"web_port_base": self.settings.web_port_base + WORKER_PORT_STRIDE * k}
+        )
+
+    def web_url(self, child: str) -> str:
+        """Base URL of a worker's Faust web server."""
+        service = child.rsplit("-", 1)[0]
+        port = self.worker_settings(child).web_port(service)
+        return f"http://{self.settings.web_host}:{port}"
+
+    async def stop(self) -> None:
+        """Stop workers, then the embedded servers."""
+        await self.supervisor.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``OMS_*`` variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"OMS_{name.upper()}"] = str(value)
+    return env
+
+
+async def start_stack(
+    settings: Settings,
+    *,
+    workers_per_service: int = 1,
+    services: tuple[str, ...] = SERVICES,
+    fresh: bool | None = None,
+    ready_timeout_s: float = 90.0,
+) -> Stack:
+    """Start everything and return once every worker reports ready.
+
+    ``fresh`` drops the service databases first; by default it does so only
+    when the broker is embedded, because an in-memory broker starts empty and
+    old database state would no longer match it.
+    """
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    broker = postgres = None
+    if not settings.kafka_bootstrap:
+        broker = start_broker(data_dir)
+        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    if not settings.database_url:
+        postgres = start_postgres(data_dir)
+        settings = settings.model_copy(update={"database_url": postgres.url})
+    if fresh if fresh is not None else broker is not None:
+        await drop_databases(settings)
+    await init_system(settings)
+    stack = Stack(settings, Supervisor(data_dir / "logs"), broker=broker, postgres=postgres)
+    specs = []
+    for service in services:
+        for k in range(workers_per_service):
+            name = f"{service}-{k}"
+            stack.workers.setdefault(service, []).append(name)
+            env = settings_env(stack.worker_settings(name))
+            specs.append(ChildSpec(name, [sys.executable, "-m", "agents.cli", "worker", service],
+                                   env))
+    await stack.supervisor.start(specs)
+    try:
+        await wait_ready(stack, ready_timeout_s)
+    except BaseException:
+        await stack.stop()
+        raise
+    return stack
+
+
+async def wait_ready(stack: Stack, timeout_s: float) -> None:
+    """Poll every worker's ``/ready/`` until all answer 200, or fail naming the laggards."""
+    deadline = time.monotonic() + timeout_s
+    pending = [name for names in stack.workers.values() for name in names]
+    last: dict[str, str] = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+        while pending:
+            for name in list(pending):
+                if not stack.supervisor.running(name):
+                    raise RuntimeError(f"worker {name} exited during start; see its log")
+                try:
+                    async with http.get(stack.web_url(name) + "/ready/") as resp:
+                        last[name] = await resp.text()
+                        if resp.status == 200:
+                            pending.remove(name)
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    last[name] = repr(exc)
+            if pending and time.monotonic() > deadline:
+                detail = "; ".join(f"{n}: {last.get(n, '')[:200]}" for n in pending)
+                raise TimeoutError(f"workers not ready after {timeout_s}s: {detail}")
+            if pending:
+                await asyncio.sleep(0.2)

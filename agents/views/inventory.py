@@ -1,0 +1,25 @@
+"""Inventory views: stock by SKU."""
+
+from __future__ import annotations
+
+from faust.types import AppT
+from faust.web import Request, Response, View
+
+from agents.runtime import ServiceRuntime
+from stores import inventory
+
+
+def add_inventory_views(app: AppT, runtime: ServiceRuntime) -> None:
+    """Register ``/stock/{sku}/``."""
+
+    @app.page("/stock/{sku}/")
+    class StockView(View):
+        async def get(self, request: Request, sku: str) -> Response:
+            if len(sku) > 64:
+                return self.json({"error": "sku: at most 64 characters"}, status=400)
+            await runtime.start()
+            async with runtime.pool.acquire() as conn:
+                stock = await inventory.stock_of(conn, sku)
+            if stock is None:
+                return self.json({"error": "unknown sku", "sku": sku}, status=404)
+            return self.json(stock)

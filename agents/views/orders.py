@@ -1,0 +1,88 @@
+"""Orders views: place an order over HTTP, read one, cancel one (token required)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from faust.types import AppT
+from faust.web import Request, Response, View
+from pydantic import ValidationError
+
+from agents import metrics
+from agents.intake import PlaceOrderRequest
+from agents.runtime import ServiceRuntime
+from agents.topics import ORDER_COMMANDS
+from agents.views.auth import authorized
+from config import Settings
+from schemas.codec import deterministic_id, encode, new_envelope
+from schemas.oms_pb2 import CancelOrder
+from stores import orders
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{"field": "lines.0.quantity", "error": "..."}``."""
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in exc.errors()
+    ]
+
+
+def add_order_views(app: AppT, runtime: ServiceRuntime, settings: Settings) -> None:
+    """Register the orders endpoints."""
+    commands = settings.topic(ORDER_COMMANDS)
+
+    @app.page("/orders/")
+    class OrdersView(View):
+        async def post(self, request: Request) -> Response:
+            raw = await request.read()
+            if len(raw) > MAX_BODY_BYTES:
+                return self.json({"error": "body too large", "limit": MAX_BODY_BYTES}, status=413)
+            try:
+                body = PlaceOrderRequest.model_validate(json.loads(raw or b"null"))
+            except json.JSONDecodeError as exc:
+                return self.json({"error": "body is not JSON", "detail": str(exc)}, status=400)
+            except ValidationError as exc:
+                return self.json({"error": "invalid order", "fields": validation_errors(exc)},
+                                 status=422)
+            envelope = body.to_envelope(producer="orders-http")
+            await app.producer.send_and_wait(commands, envelope.order_id.encode(),
+                                             encode(envelope), None, None, None)
+            metrics.ORDERS_PLACED.inc()
+            return self.json({"order_id": envelope.order_id, "status": "ACCEPTED"}, status=202)
+
+    @app.page("/orders/{order_id}/")
+    class OrderView(View):
+        async def get(self, request: Request, order_id: str) -> Response:
+            if not _is_uuid(order_id):
+                return self.json({"error": "order_id: not a UUID"}, status=400)
+            await runtime.start()
+            async with runtime.pool.acquire() as conn:
+                order = await orders.get(conn, order_id)
+            if order is None:
+                return self.json({"error": "order not found", "order_id": order_id}, status=404)
+            return self.json(order.as_json())
+
+    @app.page("/orders/{order_id}/cancel/")
+    class CancelView(View):
+        async def post(self, request: Request, order_id: str) -> Response:
+            if not authorized(request, settings):
+                return self.json({"error": "bearer token required"}, status=401)
+            if not _is_uuid(order_id):
+                return self.json({"error": "order_id: not a UUID"}, status=400)
+            envelope = new_envelope(order_id, CancelOrder(reason="cancelled by operator"),
+                                    producer="orders-http",
+                                    event_id=deterministic_id(order_id, "operator-cancel"))
+            await app.producer.send_and_wait(commands, order_id.encode(), encode(envelope),
+                                             None, None, None)
+            return self.json({"order_id": order_id, "status": "CANCEL_REQUESTED"}, status=202)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
