@@ -1,0 +1,85 @@
+"""Shared fixtures: real PostgreSQL (127.0.0.1:5432 or OMS_TEST_DATABASE_URL) and a real broker.
+
+Every test session uses its own database prefix, so runs never see each
+other's rows; each test uses fresh random order ids.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from agents.embedded import EmbeddedBroker, free_port, start_broker
+from config import Settings
+from config.settings import DATABASE_SERVICES
+from stores.db import create_pool, prepare_database
+
+TEST_DATABASE_URL = os.environ.get("OMS_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432")
+
+
+def make_settings(tmp: Path, **overrides: object) -> Settings:
+    """Settings for a test system: its own databases, data dir and web ports."""
+    values: dict[str, object] = {
+        "database_url": TEST_DATABASE_URL,
+        "database_prefix": f"oms_t{uuid.uuid4().hex[:8]}_",
+        "data_dir": str(tmp),
+        "web_port_base": free_port_block(),
+        "saga_timeout_s": 30.0,
+        "session_timeout_s": 6.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def free_port_block() -> int:
+    """A base port with a free block of 40 ports above it (two workers of four services)."""
+    while True:
+        base = free_port()
+        if base < 60000:
+            return base
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One Tansu broker for the whole session (or the one in OMS_TEST_KAFKA_BOOTSTRAP)."""
+    with start_broker(tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def db_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings with migrated databases of their own (no broker needed)."""
+    return make_settings(tmp_path_factory.mktemp("db"), kafka_bootstrap="127.0.0.1:1")
+
+
+@pytest.fixture(scope="session")
+async def pools(db_settings: Settings) -> AsyncIterator[dict[str, asyncpg.Pool]]:
+    """Migrated databases of the three services, dropped after the session."""
+    for service in DATABASE_SERVICES:
+        await prepare_database(db_settings, service)
+    opened = {s: await create_pool(db_settings.dsn(s)) for s in DATABASE_SERVICES}
+    yield opened
+    for pool in opened.values():
+        await pool.close()
+    await drop_test_databases(db_settings)
+
+
+async def drop_test_databases(settings: Settings) -> None:
+    """Remove a test system's databases."""
+    conn = await asyncpg.connect(settings.database_dsn("postgres"))
+    try:
+        for service in DATABASE_SERVICES:
+            await conn.execute(
+                f'DROP DATABASE IF EXISTS "{settings.database_name(service)}" WITH (FORCE)'
+            )
+    finally:
+        await conn.close()
+
+
+def new_order_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,52 @@
+"""Building envelopes and applying steps in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+from google.protobuf.message import Message
+
+from agents.catalogue import price_of
+from agents.step import Handler, StepResult, apply_step
+from schemas.codec import decode, new_envelope
+from schemas.oms_pb2 import Envelope, OrderLine
+
+T = TypeVar("T")
+
+
+def envelope(order_id: str, body: Message, producer: str = "test") -> Envelope:
+    return new_envelope(order_id, body, producer=producer)
+
+
+def lines(*items: tuple[str, int]) -> list[OrderLine]:
+    return [OrderLine(sku=s, quantity=q, unit_price_cents=price_of(s)) for s, q in items]
+
+
+async def step(pool: asyncpg.Pool, handler: Handler, env: Envelope) -> StepResult:
+    return await apply_step(pool, env, handler, "test-out")
+
+
+async def outbox_types(pool: asyncpg.Pool, order_id: str) -> list[str]:
+    """Types of the events a service has staged for ``order_id``, oldest first."""
+    rows = await pool.fetch("SELECT value FROM outbox WHERE key = $1 ORDER BY id",
+                            order_id.encode())
+    return [decode(r["value"]).type for r in rows]
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout_s: float = 30.0,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until ``ok(result)``; fail with the last result after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await probe()
+        if ok(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout_s}s; last: {result!r}")
+        await asyncio.sleep(0.05)
