@@ -29,7 +29,7 @@ def create_app(service: str, settings: Settings) -> faust.App:
     datadir = Path(settings.data_dir) / "faust" / service
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"oms-{service}",
+        settings.app_id(service),
         broker=broker_url(settings),
         broker_credentials=_credentials(settings),
         store="memory://",

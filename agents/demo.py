@@ -34,11 +34,14 @@ def demo_order(i: int, settings: Settings) -> PlaceOrderRequest:
     else:
         skus = [(REGULAR_SKUS[(i + j) % len(REGULAR_SKUS)], 1 + (i + j) % 3) for j in range(2)]
     lines = [LineRequest(sku=s, quantity=q, unit_price_cents=price_of(s)) for s, q in skus]
-    return PlaceOrderRequest(order_id=uuid.uuid4(), customer_id=f"cust-{i % 97}",
-                             lines=lines, payment_token=token)
+    return PlaceOrderRequest(
+        order_id=uuid.uuid4(), customer_id=f"cust-{i % 97}", lines=lines, payment_token=token
+    )
 
 
-async def place_orders(settings: Settings, count: int, rate_per_s: float | None = None) -> list[str]:
+async def place_orders(
+    settings: Settings, count: int, rate_per_s: float | None = None
+) -> list[str]:
     """Place ``count`` orders, as fast as possible or at a fixed rate; return their ids."""
     ids: list[str] = []
     started = time.monotonic()

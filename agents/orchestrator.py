@@ -18,7 +18,7 @@ import faust
 from faust.types import StreamT
 from faust.types.tuples import Message
 
-from agents import metrics
+from agents import metrics, tracing
 from agents.app import add_health_views, create_app
 from agents.saga import Saga, expired, overdue, transition
 from agents.topics import (
@@ -31,7 +31,7 @@ from agents.topics import (
 )
 from config import Settings
 from schemas.codec import DecodeError, decode, encode, new_envelope
-from schemas.oms_pb2 import SagaTimedOut
+from schemas.oms_pb2 import Envelope, SagaTimedOut
 
 log = logging.getLogger(__name__)
 SERVICE = "orchestrator"
@@ -54,7 +54,7 @@ class Tracker:
         self.sagas = app.Table(
             "sagas",
             default=None,
-            schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+            key_type=bytes,  # raw order-id keys: the changelog partitions like the sources
             partitions=settings.partitions,
             use_partitioner=True,  # the timer deletes expired rows outside the stream
         )
@@ -65,6 +65,8 @@ class Tracker:
                                      value_serializer="raw")
         self.dead_letters = settings.topic(DEAD_LETTERS)
         self._timeouts_sent: dict[bytes, int] = {}  # order -> when SagaTimedOut was sent
+        # order -> trace context of its last event, so a timeout continues the order's trace
+        self._traces: dict[bytes, dict[str, str]] = {}
 
     def saga(self, order_id: str) -> Saga | None:
         """The locally held saga of an order, if this worker owns it."""
@@ -78,6 +80,11 @@ class Tracker:
         except DecodeError as exc:
             await self._dead_letter(message, f"undecodable: {exc}")
             return
+        tracing.annotate_current(envelope)
+        with tracing.handling(SERVICE, envelope, message.topic):
+            await self._apply(envelope)
+
+    async def _apply(self, envelope: Envelope) -> None:
         key = envelope.order_id.encode()
         current = self.sagas.get(key)
         before = Saga.from_dict(current) if current else None
@@ -85,7 +92,13 @@ class Tracker:
         saga, commands = transition(before, envelope, now_ms(), self.timeout_ms)
         self.sagas[key] = saga.as_dict()
         for command in commands:
-            await self.commands.send(key=key, value=encode(command))
+            with tracing.publishing(self.commands.get_topic_name(), command) as trace_headers:
+                await self.commands.send(key=key, value=encode(command),
+                                         headers=tracing.kafka_headers(trace_headers))
+        if saga.finished:
+            self._traces.pop(key, None)
+        else:
+            self._traces[key] = tracing.current_headers()
         if saga.finished and not was_finished:
             self._observe_outcome(saga)
 
@@ -106,11 +119,19 @@ class Tracker:
                 body = SagaTimedOut(deadline_ms=saga.deadline_ms)
                 event = new_envelope(saga.order_id, body, producer=SERVICE,
                                      placed_at_ms=saga.placed_at_ms)
-                await self.saga_events.send(key=key, value=encode(event))
+                await self._send_timeout(key, event)
             elif expired(saga, now, self.retention_ms):
                 del self.sagas[key]
             if saga.finished or saga.timed_out:
                 self._timeouts_sent.pop(key, None)
+                self._traces.pop(key, None)
+
+    async def _send_timeout(self, key: bytes, event: Envelope) -> None:
+        """Send ``SagaTimedOut`` as part of the order's trace (a root span after a restart)."""
+        parent = tracing.context_from(self._traces.get(key))
+        with tracing.publishing(self.saga_events.get_topic_name(), event, parent) as trace_headers:
+            await self.saga_events.send(key=key, value=encode(event),
+                                        headers=tracing.kafka_headers(trace_headers))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         metrics.DEAD_LETTERS.labels(SERVICE, reason.split(":", 1)[0]).inc()

@@ -2,8 +2,8 @@
 
 | on | does | emits |
 |---|---|---|
-| InventoryReserved | charge with the order id as idempotency key | PaymentCompleted / PaymentFailed |
-| OrderCancelled | refund if charged; void so a late InventoryReserved is never charged | PaymentRefunded |
+| InventoryReserved | charge, order id as idempotency key | PaymentCompleted / PaymentFailed |
+| OrderCancelled | refund if charged; else void, so a late charge never happens | PaymentRefunded |
 
 The two inputs come from different topics, so either may arrive first.
 """

@@ -80,15 +80,8 @@ async def start_stack(
     when the broker is embedded, because an in-memory broker starts empty and
     old database state would no longer match it.
     """
-    data_dir = Path(settings.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    broker = postgres = None
-    if not settings.kafka_bootstrap:
-        broker = start_broker(data_dir)
-        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-    if not settings.database_url:
-        postgres = start_postgres(data_dir)
-        settings = settings.model_copy(update={"database_url": postgres.url})
+    settings, broker, postgres = _start_embedded(settings)
+    data_dir = Path(settings.data_dir)
     if fresh if fresh is not None else broker is not None:
         await drop_databases(settings)
     await init_system(settings)
@@ -108,6 +101,27 @@ async def start_stack(
         await stack.stop()
         raise
     return stack
+
+
+def _start_embedded(
+    settings: Settings,
+) -> tuple[Settings, EmbeddedBroker | None, EmbeddedPostgres | None]:
+    """Start the embedded broker and PostgreSQL for whatever is not configured.
+
+    Synchronous on purpose: both take well under a second, and the broker must
+    be spawned from this thread so it dies with this process (PDEATHSIG).
+    """
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings.model_copy(update={"data_dir": str(data_dir)})
+    broker = postgres = None
+    if not settings.kafka_bootstrap:
+        broker = start_broker(data_dir)
+        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    if not settings.database_url:
+        postgres = start_postgres(data_dir)
+        settings = settings.model_copy(update={"database_url": postgres.url})
+    return settings, broker, postgres
 
 
 async def wait_ready(stack: Stack, timeout_s: float) -> None:

@@ -8,6 +8,7 @@ addresses to the workers through these same variables.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -64,15 +65,29 @@ class Settings(BaseSettings):
     gateway_decline_token: str = "tok_decline"
     gateway_timeout_token: str = "tok_timeout"
     gateway_timeout_s: float = Field(default=2.0, gt=0)
+    gateway_slow_token: str = Field(
+        default="tok_slow", description="captures, but only after gateway_slow_ms (a late charge)"
+    )
+    gateway_slow_ms: float = Field(default=10_000.0, ge=0)
 
     # --- Web / operators ----------------------------------------------------
     web_host: str = "127.0.0.1"
-    web_port_base: int = Field(default=6066, description="orders, inventory, payments, tracker in order")
+    web_port_base: int = Field(
+        default=6066, description="orders, inventory, payments, tracker in order"
+    )
     admin_token: SecretStr | None = None
 
     # --- Observability --------------------------------------------------------
-    otel_exporter: Literal["none", "otlp", "console", "memory"] = "none"
+    otel_exporter: Literal["none", "otlp", "console", "memory", "jsonl"] = "none"
     otel_endpoint: str = "http://localhost:4317"
+
+    # --- Fault injection (tests only; never set in production) -------------
+    fault_relay_crash_after_publish: int = Field(
+        default=0,
+        ge=0,
+        description="test-only: the outbox relay exits (code 137) after publishing its n-th"
+        " batch and before marking it sent; 0 = off",
+    )
 
     # --- Embedded runtime -------------------------------------------------
     data_dir: str = Field(default=".oms", description="embedded PostgreSQL data and logs")
@@ -94,13 +109,27 @@ class Settings(BaseSettings):
         dsn = f"{base}/{database}"
         return f"{dsn}?{query}" if query else dsn
 
+    def redacted_database_url(self) -> str | None:
+        """``database_url`` with any password replaced by ``***`` (for logs and banners)."""
+        return redact_url(self.database_url) if self.database_url else None
+
     def topic(self, name: str) -> str:
         """Full topic name, e.g. ``topic('order-events') == 'oms.order-events'``."""
         return f"{self.topic_prefix}{name}"
 
+    def app_id(self, service: str) -> str:
+        """Faust app id = consumer group (``oms-orders``); namespaced like the topics."""
+        return f"{self.topic_prefix.rstrip('.')}-{service}"
+
     def web_port(self, service: str) -> int:
         """Web port of a service's Faust app."""
         return self.web_port_base + SERVICES.index(service)
+
+
+def redact_url(url: str) -> str:
+    """Mask the password of a ``scheme://user:password@host`` URL (query ``password=`` too)."""
+    masked = re.sub(r"(://[^:/?#@]*:)[^/?#]*@", r"\1***@", url)
+    return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", masked)
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,8 @@ _LOCK_KEY = 0x0_0355_4D49  # arbitrary, constant: "one migrator at a time"
 
 def migration_files(service: str) -> list[Path]:
     """The ordered migrations of one service database."""
-    files = [*MIGRATIONS.joinpath("common").glob("*.sql"), *MIGRATIONS.joinpath(service).glob("*.sql")]
+    common = MIGRATIONS.joinpath("common").glob("*.sql")
+    files = [*common, *MIGRATIONS.joinpath(service).glob("*.sql")]
     return sorted(files, key=lambda p: p.name)
 
 

@@ -1,0 +1,76 @@
+"""The tracker's pure transition, without Kafka."""
+
+from __future__ import annotations
+
+from agents.saga import CANCELLED, CONFIRMED, MAX_STEPS, RUNNING, expired, overdue, transition
+from schemas.codec import new_envelope
+from schemas.oms_pb2 import (
+    InventoryReserved,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderCreated,
+    PaymentCompleted,
+    SagaTimedOut,
+)
+
+OID = "6f1c1c3e-8a6b-4d59-9d0a-2a0b5a1c9e10"
+TIMEOUT = 30_000
+
+
+def env(body, placed_at_ms: int = 1_000):
+    return new_envelope(OID, body, producer="t", placed_at_ms=placed_at_ms)
+
+
+def test_first_event_starts_a_running_saga_with_deadline_from_placement() -> None:
+    saga, commands = transition(None, env(OrderCreated()), now_ms=5_000, timeout_ms=TIMEOUT)
+    assert saga.status == RUNNING and commands == []
+    assert saga.deadline_ms == 1_000 + TIMEOUT
+    assert [s["type"] for s in saga.steps] == ["OrderCreated"]
+
+
+def test_confirmed_and_cancelled_are_terminal_and_first_wins() -> None:
+    saga, _ = transition(None, env(OrderCreated()), 2_000, TIMEOUT)
+    saga, _ = transition(saga, env(OrderConfirmed()), 3_000, TIMEOUT)
+    saga, _ = transition(saga, env(OrderCancelled(reason="late")), 4_000, TIMEOUT)
+    assert saga.status == CONFIRMED and saga.finished_at_ms == 3_000
+
+
+def test_redelivered_event_is_recorded_once() -> None:
+    event = env(InventoryReserved())
+    saga, _ = transition(None, event, 2_000, TIMEOUT)
+    saga, _ = transition(saga, event, 2_500, TIMEOUT)
+    assert len(saga.steps) == 1
+
+
+def test_timeout_of_a_running_saga_sends_one_cancel() -> None:
+    saga, _ = transition(None, env(OrderCreated()), 2_000, TIMEOUT)
+    assert overdue(saga, 1_000 + TIMEOUT + 1)
+    saga, commands = transition(saga, env(SagaTimedOut()), 40_000, TIMEOUT)
+    again, more = transition(saga, env(SagaTimedOut()), 41_000, TIMEOUT)
+    assert [c.type for c in commands] == ["CancelOrder"]
+    assert more == [] and again.timed_out and not overdue(again, 50_000)
+
+
+def test_cancel_command_id_is_stable_so_resends_are_absorbed() -> None:
+    a, first = transition(None, env(SagaTimedOut()), 40_000, TIMEOUT)
+    b, second = transition(None, env(SagaTimedOut()), 41_000, TIMEOUT)
+    assert first[0].event_id == second[0].event_id
+
+
+def test_timeout_after_finish_sends_nothing() -> None:
+    saga, _ = transition(None, env(OrderCancelled(reason="x")), 2_000, TIMEOUT)
+    saga, commands = transition(saga, env(SagaTimedOut()), 40_000, TIMEOUT)
+    assert commands == [] and saga.status == CANCELLED
+
+
+def test_steps_are_bounded_under_a_storm() -> None:
+    saga = None
+    for i in range(MAX_STEPS + 10):
+        saga, _ = transition(saga, env(PaymentCompleted()), 2_000 + i, TIMEOUT)
+    assert saga is not None and len(saga.steps) == MAX_STEPS
+
+
+def test_finished_sagas_expire_after_retention() -> None:
+    saga, _ = transition(None, env(OrderConfirmed()), 2_000, TIMEOUT)
+    assert not expired(saga, 2_000 + 500, retention_ms=1_000)
+    assert expired(saga, 2_000 + 1_001, retention_ms=1_000)
