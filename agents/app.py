@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,19 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import StreamT
 from faust.web import Request, Response, View
 
+from agents import metrics, tracing
 from agents.runtime import ServiceRuntime
 from agents.step import Handler
 from config import Settings
+from schemas.oms_pb2 import Envelope
 
 
 def broker_url(settings: Settings) -> str:
     """Faust broker URL for ``OMS_KAFKA_BOOTSTRAP`` (``host:port[,host:port]``)."""
     if not settings.kafka_bootstrap:
         raise RuntimeError("OMS_KAFKA_BOOTSTRAP is not set; start the stack with `oms up`")
-    return ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap.split(","))
+    hosts = settings.kafka_bootstrap.split(",")
+    return ";".join(f"oms://{h.strip()}" for h in hosts)  # agents/kafka_transport.py
 
 
 def create_app(service: str, settings: Settings) -> faust.App:
@@ -36,6 +40,7 @@ def create_app(service: str, settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         web_host=settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port(service),
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
@@ -44,7 +49,10 @@ def create_app(service: str, settings: Settings) -> faust.App:
         stream_wait_empty=False,
         datadir=str(datadir),
     )
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     setup_prometheus_sensors(app, pattern="/metrics")
+    metrics.install_lag_gauge(app, service)
+    tracing.instrument_app(app, service, settings)
     return app
 
 
@@ -76,10 +84,12 @@ def service_app(
     output: str,
     handled: frozenset[str],
     handler_factory: Callable[[asyncpg.Pool], Handler],
+    on_committed: Callable[[list[Envelope]], None] | None = None,
 ) -> tuple[faust.App, ServiceRuntime]:
     """Wire a database-backed saga service: one agent over its sources, the relay, health."""
     app = create_app(service, settings)
-    runtime = ServiceRuntime(app, settings, service, handler_factory, output, handled)
+    runtime = ServiceRuntime(app, settings, service, handler_factory, output, handled,
+                             on_committed)
     topic = app.topic(
         *(settings.topic(s) for s in sources),
         key_type=bytes,
@@ -100,6 +110,8 @@ def service_app(
         await runtime.relay.run()
 
     app.task(relay)
+    metrics.install_backlog_gauge(app, service, runtime.outbox_backlog,
+                                  lambda: runtime.readiness()["database_pool"])
     add_health_views(app, service, lambda: runtime.readiness())
     return app, runtime
 
@@ -118,5 +130,6 @@ def add_health_views(
         checks = dict(readiness())
         checks["consumer_assigned"] = bool(app.consumer.assignment()) if app.started else False
         reasons = [name for name, ok in checks.items() if ok is False]
-        body = {"service": service, "ready": not reasons, "checks": checks, "not_ready": reasons}
+        body = {"service": service, "pid": os.getpid(), "ready": not reasons, "checks": checks,
+                "not_ready": reasons}
         return web.json(body, status=200 if not reasons else 503)

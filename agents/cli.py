@@ -52,7 +52,7 @@ async def _up(settings: Settings, workers: int) -> int:
     stack = await start_stack(settings, workers_per_service=workers)
     stack.supervisor.install_signal_handlers()
     click.echo(f"broker   {stack.settings.kafka_bootstrap}")
-    click.echo(f"database {stack.settings.database_url}")
+    click.echo(f"database {stack.settings.redacted_database_url()}")
     for names in stack.workers.values():
         for name in names:
             click.echo(f"{name:<16} {stack.web_url(name)}  (pid {stack.supervisor.pids()[name]})")
@@ -91,11 +91,13 @@ async def _demo(settings: Settings, count: int, workers: int, timeout: float) ->
 @main.command()
 @click.option("--grace", default=10.0, show_default=True,
               help="seconds a settlement may lag before it counts as a violation")
-def check(grace: float) -> None:
+@click.option("--tracker-url", "tracker_urls", multiple=True,
+              help="a tracker worker's web URL (repeat per worker) to check its view too")
+def check(grace: float, tracker_urls: tuple[str, ...]) -> None:
     """Prove the DESIGN invariants in the databases; exit 0 only when all hold."""
     from agents.audit import audit
 
-    report = asyncio.run(audit(get_settings(), settle_grace_s=grace))
+    report = asyncio.run(audit(get_settings(), settle_grace_s=grace, tracker_urls=tracker_urls))
     for inv in report.invariants:
         mark = "ok  " if inv.ok else "FAIL"
         click.echo(f"{mark} {inv.name} (in flight: {inv.in_flight})")
@@ -142,6 +144,40 @@ async def _place(settings: Settings, request: Any) -> Any:
 
     async with OrderClient(settings) as client:
         return await client.place(request)
+
+
+@main.command()
+@click.option("--orders", "count", type=int, default=None, help="orders to place (default 1000)")
+@click.option("--rate", type=float, default=None, help="orders/s (open loop); omit for max")
+@click.option("--duration", type=float, default=None, help="seconds at --rate, not --orders")
+@click.option("--workers", default=1, show_default=True, help="workers per service")
+@click.option("--partitions", type=int, default=None, help="partitions per topic (new topics)")
+@click.option("--mix", type=click.Choice(["demo", "success"]), default="demo", show_default=True)
+@click.option("--window", default=300, show_default=True, help="orders in flight at max throughput")
+@click.option("--no-audit", is_flag=True, help="skip the invariant audit at the end")
+@click.option("--external", is_flag=True, help="drive the configured running system; start nothing")
+def bench(count: int | None, rate: float | None, duration: float | None, workers: int,
+          partitions: int | None, mix: str, window: int, no_audit: bool, external: bool) -> None:
+    """Measure throughput and client-observed latency; print one JSON line."""
+    from agents.bench import BenchConfig, bench_with_stack
+
+    if duration is not None and rate is None:
+        raise click.BadParameter("--duration needs --rate")
+    settings = get_settings()
+    if partitions is not None:
+        settings = settings.model_copy(update={"partitions": partitions})
+    cfg = BenchConfig(orders=count, rate=rate, duration_s=duration, workers=workers,
+                      mix=mix, window=window, audit=not no_audit)  # type: ignore[arg-type]
+    result = asyncio.run(bench_with_stack(settings, cfg, external=external))
+    _print_json(result)
+    sys.exit(0 if result["unfinished"] == 0 and result["audit"] != "violated" else 1)
+
+
+# --- operator commands: oms replay, oms dead-letters (logic in agents.replay / deadletters)
+from agents.operator_cli import dead_letters_group, replay_command  # noqa: E402
+
+main.add_command(replay_command)
+main.add_command(dead_letters_group)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaProducer
 
+from agents import tracing
 from agents.intake import PlaceOrderRequest
 from agents.topics import ORDER_COMMANDS
 from config import Settings
@@ -39,10 +40,12 @@ class OrderClient:
         return envelope
 
     async def send(self, envelope: Envelope) -> None:
-        """Send any envelope to the order-commands topic."""
-        await self._producer.send_and_wait(
-            self._topic, encode(envelope), key=envelope.order_id.encode()
-        )
+        """Send any envelope to the order-commands topic, starting (or continuing) its trace."""
+        with tracing.publishing(self._topic, envelope) as trace_headers:
+            await self._producer.send_and_wait(
+                self._topic, encode(envelope), key=envelope.order_id.encode(),
+                headers=tracing.kafka_headers(trace_headers) or None,
+            )
 
     async def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Send arbitrary bytes (tests, dead-letter re-drive)."""

@@ -11,6 +11,7 @@ import asyncio
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -62,8 +63,16 @@ async def place_orders(
     return ids
 
 
-async def wait_terminal(settings: Settings, order_ids: list[str], timeout_s: float) -> int:
-    """Wait until none of ``order_ids`` is PENDING or missing; return how many still are."""
+async def wait_terminal(
+    settings: Settings,
+    order_ids: list[str],
+    timeout_s: float,
+    healthy: Callable[[], bool] = lambda: True,
+) -> int:
+    """Wait until none of ``order_ids`` is PENDING or missing; return how many still are.
+
+    ``healthy`` is polled too, so a dead worker ends the wait at once.
+    """
     deadline = time.monotonic() + timeout_s
     conn = await asyncpg.connect(settings.dsn("orders"))
     try:
@@ -74,6 +83,8 @@ async def wait_terminal(settings: Settings, order_ids: list[str], timeout_s: flo
             left = len(order_ids) - done
             if left == 0 or time.monotonic() > deadline:
                 return int(left)
+            if not healthy():
+                raise RuntimeError("a worker died while orders were in flight; see its log")
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
@@ -104,7 +115,7 @@ async def run_demo(stack: Stack, count: int, timeout_s: float = 300.0) -> dict[s
     settings = stack.settings
     started = time.monotonic()
     ids = await place_orders(settings, count)
-    pending = await wait_terminal(settings, ids, timeout_s)
+    pending = await wait_terminal(settings, ids, timeout_s, stack.all_running)
     seconds = time.monotonic() - started
     report = await settled_audit(settings, deadline_s=60.0)
     lat = await latencies_ms(settings, ids)

@@ -2,12 +2,23 @@
 
 Faust's own sensor (``faust.sensors.prometheus``) covers streams, commits and
 rebalances; these add what the saga needs: outcomes, end-to-end time, handler
-time, outbox backlog, lag and dead letters.
+time, outbox backlog, lag and dead letters. The compose dashboard queries these
+exact names. Two gauges have no event to hang on, so each worker samples them
+on a timer (:func:`install_lag_gauge`, :func:`install_backlog_gauge`).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import asyncpg
+from aiokafka.errors import KafkaError
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP, AppT
 from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (
     0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
@@ -37,3 +48,63 @@ CONSUMER_LAG = Gauge("oms_consumer_lag", "End offset minus committed position",
                      ["service", "topic", "partition"])
 GATEWAY_CALLS = Counter("oms_gateway_calls", "Payment gateway calls by result",
                         ["operation", "result"])
+
+LAG_INTERVAL_S = 2.0
+BACKLOG_INTERVAL_S = 2.0
+
+
+def install_lag_gauge(app: AppT, service: str) -> None:
+    """Refresh ``oms_consumer_lag`` for the partitions this worker owns every 2 s."""
+    shown: set[tuple[str, str]] = set()
+
+    async def consumer_lag() -> None:
+        await sample_consumer_lag(app, service, shown)
+
+    app.timer(interval=LAG_INTERVAL_S, name=f"oms-{service}.consumer_lag")(consumer_lag)
+
+
+async def sample_consumer_lag(app: AppT, service: str, shown: set[tuple[str, str]]) -> None:
+    """Set the lag of every owned source partition; drop partitions no longer owned.
+
+    Lag is the partition's high watermark minus the offset Faust last committed
+    for the group (both "next offset" positions), so it reaches 0 only once
+    everything read has been processed *and* committed. Changelog partitions are
+    skipped: Faust never commits them, they are not work waiting.
+    """
+    consumer = app.consumer
+    try:
+        owned = [tp for tp in consumer.assignment() if tp.topic in app.topics.acking_topics]
+        highwaters = await consumer.highwaters(*owned) if owned else {}
+    except (ConsumerNotStarted, KafkaError) as exc:  # starting or rebalancing: try next tick
+        log.debug("%s: consumer lag not sampled: %r", service, exc)
+        return
+    # Faust keeps what it committed per partition but has no public accessor for it
+    committed: Mapping[TP, int | None] = getattr(consumer, "_committed_offset", {})
+    current: set[tuple[str, str]] = set()
+    for tp in owned:
+        highwater = highwaters.get(tp)
+        if highwater is None:
+            continue
+        labels = (tp.topic, str(tp.partition))
+        CONSUMER_LAG.labels(service, *labels).set(max(highwater - (committed.get(tp) or 0), 0))
+        current.add(labels)
+    for gone in shown - current:
+        CONSUMER_LAG.remove(service, *gone)
+    shown.clear()
+    shown.update(current)
+
+
+def install_backlog_gauge(
+    app: AppT, service: str, backlog: Callable[[], Awaitable[int]], ready: Callable[[], bool]
+) -> None:
+    """Refresh ``oms_outbox_backlog`` every 2 s once ``ready()`` (the pool is open)."""
+
+    async def outbox_backlog() -> None:
+        if not ready():
+            return
+        try:
+            await backlog()  # sets the gauge itself
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("%s: outbox backlog not sampled: %s", service, exc)
+
+    app.timer(interval=BACKLOG_INTERVAL_S, name=f"oms-{service}.outbox_backlog")(outbox_backlog)

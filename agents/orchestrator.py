@@ -20,6 +20,7 @@ from faust.types.tuples import Message
 
 from agents import metrics, tracing
 from agents.app import add_health_views, create_app
+from agents.dlq import DeadLetters
 from agents.saga import Saga, expired, overdue, transition
 from agents.topics import (
     DEAD_LETTERS,
@@ -63,7 +64,7 @@ class Tracker:
         self.saga_events = app.topic(settings.topic(SAGA_EVENTS), key_type=bytes,
                                      value_type=bytes, key_serializer="raw",
                                      value_serializer="raw")
-        self.dead_letters = settings.topic(DEAD_LETTERS)
+        self.dead_letters = DeadLetters(app, settings.topic(DEAD_LETTERS), SERVICE)
         self._timeouts_sent: dict[bytes, int] = {}  # order -> when SagaTimedOut was sent
         # order -> trace context of its last event, so a timeout continues the order's trace
         self._traces: dict[bytes, dict[str, str]] = {}
@@ -134,17 +135,7 @@ class Tracker:
                                         headers=tracing.kafka_headers(trace_headers))
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
-        metrics.DEAD_LETTERS.labels(SERVICE, reason.split(":", 1)[0]).inc()
-        headers = list(message.headers or []) + [
-            ("oms-dlq-reason", reason.encode()),
-            ("oms-dlq-service", SERVICE.encode()),
-            ("oms-dlq-topic", message.topic.encode()),
-            ("oms-dlq-partition", str(message.partition).encode()),
-            ("oms-dlq-offset", str(message.offset).encode()),
-        ]
-        await self.app.producer.send_and_wait(
-            self.dead_letters, message.key, message.value, None, None, headers
-        )
+        await self.dead_letters.publish(message, reason)
 
     def counts(self) -> dict[str, int]:
         """Sagas per status among the partitions this worker owns."""
@@ -152,6 +143,11 @@ class Tracker:
         for data in self.sagas.values():
             counts[data["status"]] = counts.get(data["status"], 0) + 1
         return counts
+
+
+def _recovered(app: faust.App) -> bool:
+    """True once the sagas table has been rebuilt from its changelog."""
+    return bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
 
 
 def _reason_label(reason: str) -> str:
@@ -173,7 +169,7 @@ def build(settings: Settings) -> faust.App:
 
     app.agent(topic, name="oms-orchestrator.track")(track)
     app.timer(interval=1.0)(tracker.tick)
-    add_health_views(app, SERVICE, lambda: {"table_recovered": app.tables.recovery.completed.is_set()})
+    add_health_views(app, SERVICE, lambda: {"table_recovered": _recovered(app)})
     from agents.views.tracker import add_tracker_views
 
     add_tracker_views(app, tracker)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import asyncpg
 import faust
 
+from agents import metrics
 from agents.app import service_app
 from agents.step import Handler, InvalidEvent
 from agents.topics import INVENTORY_EVENTS, ORDER_COMMANDS, ORDER_EVENTS, PAYMENT_EVENTS
@@ -114,6 +115,17 @@ async def cancel(conn: asyncpg.Connection, envelope: Envelope, reason: str) -> l
     return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)]
 
 
+def count_placed(emitted: list[Envelope]) -> None:
+    """After a step committed: each ``OrderCreated`` it emitted is a newly placed order.
+
+    Counting here rather than at intake means a redelivered or rejected
+    ``PlaceOrder`` is never counted, and neither is a rolled-back step.
+    """
+    created = sum(1 for e in emitted if e.type == "OrderCreated")
+    if created:
+        metrics.ORDERS_PLACED.inc(created)
+
+
 def _placed_at(envelope: Envelope) -> datetime:
     ms = envelope.placed_at_ms or envelope.occurred_at_ms
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
@@ -127,7 +139,7 @@ def build(settings: Settings) -> faust.App:
 
     app, runtime = service_app(
         SERVICE, settings, sources=SOURCES, output=ORDER_EVENTS, handled=HANDLED,
-        handler_factory=handler_factory,
+        handler_factory=handler_factory, on_committed=count_placed,
     )
     from agents.views.orders import add_order_views
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from faust.types import AppT
 from faust.types.tuples import Message
 
-from agents import metrics
+from agents import metrics, tracing
+from agents.dlq import DeadLetters
 from agents.relay import OutboxRelay
 from agents.step import Handler, InvalidEvent, StepResult, apply_step
 from agents.topics import DEAD_LETTERS
@@ -38,6 +39,12 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
     asyncpg.TooManyConnectionsError,
+    # "database ... is not currently accepting connections" (ALLOW_CONNECTIONS false during
+    # maintenance) and lock_not_available: both clear by themselves.
+    asyncpg.ObjectNotInPrerequisiteStateError,
+    # asyncpg's protocol can be left mid-operation by a backend killed under it
+    # ("cannot switch to state ..."); a fresh pooled connection works.
+    asyncpg.InternalClientError,
 )
 """Failures that go away by themselves: database restarts, killed backends, conflicts."""
 
@@ -55,14 +62,16 @@ class ServiceRuntime:
         handler_factory: Callable[[asyncpg.Pool], Handler],
         out_topic: str,
         handled: frozenset[str],
+        on_committed: Callable[[list[Envelope]], None] | None = None,
     ) -> None:
         self.app = app
+        self._on_committed = on_committed  # e.g. count orders placed, only once committed
         self.handled = handled
         self.settings = settings
         self.service = service
         self._handler_factory = handler_factory
         self.out_topic = settings.topic(out_topic)
-        self.dead_letter_topic = settings.topic(DEAD_LETTERS)
+        self.dead_letters = DeadLetters(app, settings.topic(DEAD_LETTERS), service)
         self._pool: asyncpg.Pool | None = None
         self._handler: Handler | None = None
         self._started = asyncio.Lock()
@@ -108,10 +117,13 @@ class ServiceRuntime:
         except DecodeError as exc:
             await self.dead_letter(message, f"undecodable: {exc}")
             return self._count("unknown", "dead_letter")
+        tracing.annotate_current(envelope)
         if envelope.type not in self.handled:
             return "ignored"  # e.g. orders reads InventoryReserved but has nothing to do
         started = time.perf_counter()
-        result = await self._apply(envelope, message)
+        with tracing.handling(self.service, envelope, message.topic) as span:
+            result = await self._apply(envelope, message)
+            span.set_attribute("oms.result", result)
         metrics.HANDLER_SECONDS.labels(self.service, envelope.type).observe(
             time.perf_counter() - started
         )
@@ -123,7 +135,8 @@ class ServiceRuntime:
         while True:
             try:
                 step: StepResult = await apply_step(
-                    self.pool, envelope, self._handler, self.out_topic
+                    self.pool, envelope, self._handler, self.out_topic,
+                    headers=tracing.current_headers(),  # the outbox rows continue this trace
                 )
             except InvalidEvent as exc:
                 await self.dead_letter(message, f"invalid {envelope.type}: {exc}")
@@ -141,6 +154,8 @@ class ServiceRuntime:
                 return "dead_letter"
             if step.applied:
                 self.relay.wake()
+                if self._on_committed is not None:
+                    self._on_committed(step.emitted)
                 return "applied"
             return "duplicate"
 
@@ -150,43 +165,27 @@ class ServiceRuntime:
 
     async def dead_letter(self, message: Message, reason: str) -> None:
         """Park a message on the dead-letter topic with everything needed to re-drive it."""
-        metrics.DEAD_LETTERS.labels(self.service, reason.split(":", 1)[0]).inc()
-        log.warning("%s: dead letter from %s[%s]@%s: %s", self.service, message.topic,
-                    message.partition, message.offset, reason)
-        headers = [(k, v) for k, v in (message.headers or []) if not k.startswith("oms-dlq-")]
-        headers += [
-            ("oms-dlq-reason", reason.encode()),
-            ("oms-dlq-service", self.service.encode()),
-            ("oms-dlq-topic", message.topic.encode()),
-            ("oms-dlq-partition", str(message.partition).encode()),
-            ("oms-dlq-offset", str(message.offset).encode()),
-            ("oms-dlq-at-ms", str(int(time.time() * 1000)).encode()),
-        ]
-        await self._send_with_retry(self.dead_letter_topic, message.key, message.value, headers)
+        await self.dead_letters.publish(message, reason)
 
-    async def _send_with_retry(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None:
-        delay = 0.1
-        while True:
-            try:
-                await self.app.producer.send_and_wait(topic, key, value, None, None, headers)
-                return
-            except Exception as exc:  # noqa: BLE001 - the broker's errors vary by client version
-                log.warning("%s: dead-letter publish failed (%s), retrying", self.service, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-
-    async def _publish(self, message: messaging.OutboxMessage) -> asyncio.Future[object]:
-        headers = [(k, v.encode()) for k, v in message.headers.items()]
-        fut = await self.app.producer.send(
-            message.topic, message.key, message.value, None, None, headers
-        )
-        return fut  # type: ignore[return-value]
+    async def _publish(self, message: messaging.OutboxMessage) -> Awaitable[object]:
+        """Send one outbox row under a publish span that ends when the broker acks."""
+        span, headers = tracing.start_outbox_publish(message)
+        try:
+            fut = asyncio.ensure_future(await self.app.producer.send(
+                message.topic, message.key, message.value, None, None, headers
+            ))
+        except BaseException:
+            span.end()
+            raise
+        fut.add_done_callback(lambda _: span.end())
+        return fut
 
     def readiness(self) -> dict[str, bool]:
         """Checks for ``/ready/``: False entries are the reasons a worker is not ready."""
-        return {"database_pool": self._pool is not None, "outbox_relay_connected": self.relay.connected}
+        return {
+            "database_pool": self._pool is not None,
+            "outbox_relay_connected": self.relay.connected,
+        }
 
     async def outbox_backlog(self) -> int:
         """Unpublished outbox rows (also exported as a gauge)."""

@@ -34,6 +34,10 @@ class Stack:
     broker: EmbeddedBroker | None = None
     postgres: EmbeddedPostgres | None = None
 
+    def all_running(self) -> bool:
+        """True while every worker process is alive."""
+        return all(self.supervisor.running(n) for names in self.workers.values() for n in names)
+
     def worker_settings(self, child: str) -> Settings:
         """Settings of one worker (its web port differs from its siblings')."""
         k = int(child.rsplit("-", 1)[1])
@@ -137,9 +141,11 @@ async def wait_ready(stack: Stack, timeout_s: float) -> None:
                 try:
                     async with http.get(stack.web_url(name) + "/ready/") as resp:
                         last[name] = await resp.text()
-                        if resp.status == 200:
+                        body = await resp.json(content_type=None)
+                        ours = body.get("pid") == stack.supervisor.pids().get(name)
+                        if resp.status == 200 and ours:
                             pending.remove(name)
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                     last[name] = repr(exc)
             if pending and time.monotonic() > deadline:
                 detail = "; ".join(f"{n}: {last.get(n, '')[:200]}" for n in pending)

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     topic_prefix: str = "oms."
     partitions: int = Field(default=4, ge=1, le=256)
     replication_factor: int = Field(default=1, ge=1)
+    fetch_max_wait_ms: int = Field(
+        default=20, ge=0, le=1500, description="consumer long-poll; bounds each saga hop's wait"
+    )
     session_timeout_s: float = Field(
         default=6.0, gt=0, description="consumer session timeout; Tansu joins take about half of it"
     )

@@ -7,6 +7,8 @@ other's rows; each test uses fresh random order ids.
 from __future__ import annotations
 
 import os
+import random
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agents.embedded import EmbeddedBroker, free_port, start_broker
+from agents.embedded import EmbeddedBroker, start_broker
 from config import Settings
 from config.settings import DATABASE_SERVICES
 from stores.db import create_pool, prepare_database
@@ -36,12 +38,26 @@ def make_settings(tmp: Path, **overrides: object) -> Settings:
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def free_port_block() -> int:
-    """A base port with a free block of 40 ports above it (two workers of four services)."""
+def free_port_block(size: int = 40) -> int:
+    """A base port with ``size`` free ports above it (two workers of four services).
+
+    Chosen below the kernel's ephemeral range (32768+), so outgoing client
+    connections can never take a worker's web port between choice and bind.
+    """
+    rng = random.Random()
     while True:
-        base = free_port()
-        if base < 60000:
+        base = rng.randrange(20_000, 32_000 - size)
+        if all(_bindable(port) for port in range(base, base + size)):
             return base
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from faust.types import AppT
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
-from agents import metrics
+from agents import tracing
 from agents.intake import PlaceOrderRequest
 from agents.runtime import ServiceRuntime
 from agents.topics import ORDER_COMMANDS
@@ -48,9 +48,11 @@ def add_order_views(app: AppT, runtime: ServiceRuntime, settings: Settings) -> N
                 return self.json({"error": "invalid order", "fields": validation_errors(exc)},
                                  status=422)
             envelope = body.to_envelope(producer="orders-http")
-            await app.producer.send_and_wait(commands, envelope.order_id.encode(),
-                                             encode(envelope), None, None, None)
-            metrics.ORDERS_PLACED.inc()
+            # oms_orders_placed_total counts in the orders step, once the order is committed
+            with tracing.publishing(commands, envelope) as trace_headers:
+                await app.producer.send_and_wait(commands, envelope.order_id.encode(),
+                                                 encode(envelope), None, None,
+                                                 tracing.kafka_headers(trace_headers))
             return self.json({"order_id": envelope.order_id, "status": "ACCEPTED"}, status=202)
 
     @app.page("/orders/{order_id}/")
@@ -75,8 +77,9 @@ def add_order_views(app: AppT, runtime: ServiceRuntime, settings: Settings) -> N
             envelope = new_envelope(order_id, CancelOrder(reason="cancelled by operator"),
                                     producer="orders-http",
                                     event_id=deterministic_id(order_id, "operator-cancel"))
-            await app.producer.send_and_wait(commands, order_id.encode(), encode(envelope),
-                                             None, None, None)
+            with tracing.publishing(commands, envelope) as trace_headers:
+                await app.producer.send_and_wait(commands, order_id.encode(), encode(envelope),
+                                                 None, None, tracing.kafka_headers(trace_headers))
             return self.json({"order_id": order_id, "status": "CANCEL_REQUESTED"}, status=202)
 
 

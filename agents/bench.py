@@ -1,0 +1,538 @@
+"""``oms bench``: drive the running system and measure what a client sees.
+
+Two load shapes:
+
+* **open loop** (``rate``): order *i* is produced at ``start + i / rate``
+  whether or not earlier orders finished, so a slow system shows up as
+  latency, never as a politely lowered offered load (no coordinated
+  omission). When the producer itself falls behind schedule, that send lag is
+  reported.
+* **max throughput** (no ``rate``): a closed loop that keeps ``window``
+  orders in flight. An unbounded burst would only measure queueing and let
+  the tracker time sagas out; a window keeps every saga inside its deadline
+  while still saturating the services.
+
+Latency is client-observed: from just before producing ``PlaceOrder`` to the
+moment this process reads the order's ``OrderConfirmed``/``OrderCancelled``
+from ``oms.order-events`` with its own group-less consumer. Alongside it the
+run reports the PostgreSQL step rate of the same server (a micro-benchmark
+of the step transaction's shape), so the throughput reads as a fraction of
+the database limit, and CPU seconds and RSS per service process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import asyncpg
+import psutil
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from agents.catalogue import REGULAR_SKUS, price_of
+from agents.demo import demo_order, percentile, settled_audit
+from agents.intake import LineRequest, PlaceOrderRequest
+from agents.stack import Stack, start_stack
+from agents.topics import ORDER_COMMANDS, ORDER_EVENTS
+from config import Settings
+from schemas.codec import DecodeError, decode, encode
+from stores.migrate import check_database_name, migrate
+
+_log = logging.getLogger(__name__)
+
+TERMINAL_EVENTS = frozenset({"OrderConfirmed", "OrderCancelled"})
+STEPS_PER_ORDER = 5
+"""Step transactions one order costs across the services (for the PG-limit ratio)."""
+Mix = Literal["demo", "success"]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run; ``rate=None`` selects max throughput."""
+
+    orders: int | None = None
+    rate: float | None = None
+    duration_s: float | None = None
+    workers: int = 1
+    mix: Mix = "demo"
+    window: int = 300
+    audit: bool = True
+    stall_timeout_s: float = 90.0
+    pg_seconds: float = 3.0
+    pg_connections: int = 8
+    progress_every_s: float = 2.0
+
+    def total_orders(self) -> int:
+        """``orders``, else ``rate * duration``, else 1000."""
+        if self.orders is not None:
+            return self.orders
+        if self.rate is not None and self.duration_s is not None:
+            return max(1, round(self.rate * self.duration_s))
+        return 1000
+
+
+def bench_order(i: int, settings: Settings, mix: Mix) -> PlaceOrderRequest:
+    """Order ``i`` of the mix: the demo's (a quarter cancel) or regular SKUs that all succeed."""
+    if mix == "demo":
+        return demo_order(i, settings)
+    skus = [REGULAR_SKUS[(i + j) % len(REGULAR_SKUS)] for j in range(2)]
+    lines = [LineRequest(sku=s, quantity=1, unit_price_cents=price_of(s)) for s in skus]
+    return PlaceOrderRequest(order_id=uuid.uuid4(), customer_id=f"bench-{i % 97}",
+                             lines=lines, payment_token="tok_visa")
+
+
+# --------------------------------------------------------------- tracking
+
+
+@dataclass
+class Tracker:
+    """In-process record of every order this run sent and saw finish."""
+
+    total: int
+    window: asyncio.Semaphore | None = None
+    sent_at: dict[str, float] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL_EVENTS, 0))
+    send_lag_ms: list[float] = field(default_factory=list)
+    send_errors: int = 0
+    undecodable: int = 0
+    first_sent: float = 0.0
+    last_seen: float = 0.0
+    placing_done: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    _finished: set[str] = field(default_factory=set)
+
+    @property
+    def placed(self) -> int:
+        return len(self.sent_at)
+
+    @property
+    def finished(self) -> int:
+        return len(self._finished)
+
+    def record_sent(self, order_id: str, at: float) -> None:
+        if not self.sent_at:
+            self.first_sent = at
+        self.sent_at[order_id] = at
+
+    def observe(self, key: bytes | None, value: bytes | None, at: float) -> None:
+        """Count the first terminal event of one of our orders; ignore everything else."""
+        order_id = key.decode() if key else ""
+        if order_id not in self.sent_at or order_id in self._finished:
+            return
+        try:
+            envelope = decode(value)
+        except DecodeError:
+            self.undecodable += 1  # someone else's garbage on the topic: counted, not ours
+            return
+        if envelope.type not in TERMINAL_EVENTS:
+            return
+        self._finished.add(order_id)
+        self.outcomes[envelope.type] += 1
+        self.latencies_ms.append((at - self.sent_at[order_id]) * 1000.0)
+        self.last_seen = at
+        if self.window is not None:
+            self.window.release()
+        self._check_done()
+
+    def placing_finished(self) -> None:
+        self.placing_done = True
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.placing_done and self.finished >= self.placed:
+            self.done.set()
+
+    def on_delivery(self, future: asyncio.Future[Any]) -> None:
+        """Producer delivery callback: a failed send is counted (the order never existed)."""
+        if future.cancelled() or future.exception() is not None:
+            self.send_errors += 1
+
+
+# --------------------------------------------------------------- Kafka I/O
+
+
+async def open_terminal_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A group-less consumer on every order-events partition, positioned at the current end.
+
+    The end offsets are taken before the first order is placed, so no
+    terminal event of this run can be missed and none of an older run is read.
+    """
+    topic = settings.topic(ORDER_EVENTS)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                enable_auto_commit=False, fetch_max_wait_ms=20)
+    await consumer.start()
+    await consumer.topics()  # loads cluster metadata so the partitions are known
+    partitions = consumer.partitions_for_topic(topic) or set()
+    if not partitions:
+        await consumer.stop()
+        raise RuntimeError(f"topic {topic} has no partitions; was the system initialised?")
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    for tp, offset in (await consumer.end_offsets(tps)).items():
+        consumer.seek(tp, offset)
+    return consumer
+
+
+async def watch_terminals(consumer: AIOKafkaConsumer, tracker: Tracker) -> None:
+    """Feed every fetched record to the tracker, stamped with the time it was read."""
+    while True:
+        batches = await consumer.getmany(timeout_ms=100)
+        now = time.monotonic()
+        for records in batches.values():
+            for record in records:
+                tracker.observe(record.key, record.value, now)
+
+
+async def place_orders(producer: AIOKafkaProducer, settings: Settings, cfg: BenchConfig,
+                       tracker: Tracker) -> None:
+    """Produce every order: on schedule (open loop) or whenever the window has room."""
+    topic = settings.topic(ORDER_COMMANDS)
+    start = time.monotonic()
+    for i in range(tracker.total):
+        if cfg.rate is not None:
+            delay = start + i / cfg.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                tracker.send_lag_ms.append(-delay * 1000.0)
+        elif tracker.window is not None:
+            await tracker.window.acquire()
+        envelope = bench_order(i, settings, cfg.mix).to_envelope(producer="bench")
+        value, key = encode(envelope), envelope.order_id.encode()
+        tracker.record_sent(envelope.order_id, time.monotonic())
+        delivery = await producer.send(topic, value, key=key)
+        delivery.add_done_callback(tracker.on_delivery)
+    await producer.flush()
+    tracker.placing_finished()
+
+
+# --------------------------------------------------------------- processes
+
+
+@dataclass
+class _Sampled:
+    first_cpu: dict[int, float] = field(default_factory=dict)
+    last_cpu: dict[int, float] = field(default_factory=dict)
+    rss_mb: list[float] = field(default_factory=list)
+
+
+class ProcessSampler:
+    """CPU seconds and RSS per named group of processes, sampled every ``interval_s``.
+
+    A group is a list of root pids; roots listed with ``children=True`` count
+    their descendants too (a worker's forks, PostgreSQL's backends). CPU is the
+    user+system delta of each pid between its first and last sample.
+    """
+
+    def __init__(self, roots: dict[str, list[tuple[int, bool]]], interval_s: float = 0.5,
+                 rss: frozenset[str] | None = None) -> None:
+        self._roots = {name: [(psutil.Process(pid), kids) for pid, kids in pids]
+                       for name, pids in roots.items()}
+        self._rss = rss if rss is not None else frozenset(roots)
+        self._interval_s = interval_s
+        self._data = {name: _Sampled() for name in roots}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.sample()
+        self._task = asyncio.create_task(self._run(), name="bench-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.sample()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            self.sample()
+
+    def sample(self) -> None:
+        for name, roots in self._roots.items():
+            data, rss = self._data[name], 0
+            for proc in _expand(roots):
+                try:
+                    with proc.oneshot():
+                        cpu = proc.cpu_times()
+                        rss += proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue  # exited between listing and reading: its last sample stands
+                data.first_cpu.setdefault(proc.pid, cpu.user + cpu.system)
+                data.last_cpu[proc.pid] = cpu.user + cpu.system
+            data.rss_mb.append(rss / 2**20)
+
+    def report(self) -> dict[str, dict[str, float]]:
+        """``cpu_s``, ``peak_rss_mb``, ``rss_mb_start``, ``rss_mb_end``, each by group."""
+        out: dict[str, dict[str, float]] = {
+            "cpu_s": {}, "peak_rss_mb": {}, "rss_mb_start": {}, "rss_mb_end": {}}
+        for name, data in self._data.items():
+            cpu = sum(data.last_cpu[p] - data.first_cpu[p] for p in data.last_cpu)
+            out["cpu_s"][name] = round(cpu, 2)
+            if name in self._rss and data.rss_mb:
+                out["peak_rss_mb"][name] = round(max(data.rss_mb), 1)
+                out["rss_mb_start"][name] = round(data.rss_mb[0], 1)
+                out["rss_mb_end"][name] = round(data.rss_mb[-1], 1)
+        return out
+
+
+def _expand(roots: list[tuple[psutil.Process, bool]]) -> list[psutil.Process]:
+    procs = []
+    for proc, children in roots:
+        procs.append(proc)
+        if children:
+            try:
+                procs += proc.children(recursive=True)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # the root is gone; nothing below it to count
+    return procs
+
+
+async def process_roots(stack: Stack | None) -> dict[str, list[tuple[int, bool]]]:
+    """Pids to sample: each service's workers, the broker, PostgreSQL when local, this client."""
+    roots: dict[str, list[tuple[int, bool]]] = {}
+    if stack is not None:
+        pids = stack.supervisor.pids()
+        for service, names in stack.workers.items():
+            roots[service] = [(pids[n], True) for n in names if n in pids]
+        if stack.broker is not None:
+            roots["broker"] = [(stack.broker.pid, True)]
+        postmaster = stack.postgres.pid if stack.postgres is not None else None
+        if postmaster is None:
+            postmaster = await _local_postmaster(stack.settings)
+        if postmaster is not None:
+            roots["postgres"] = [(postmaster, True)]
+    roots["bench"] = [(os.getpid(), False)]
+    return roots
+
+
+async def _local_postmaster(settings: Settings) -> int | None:
+    """The PostgreSQL server's pid when it runs on this machine (else None)."""
+    conn = await asyncpg.connect(settings.database_dsn("postgres"))
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        try:
+            proc = psutil.Process(backend)
+            parent = proc.parent()
+            if "postgres" in proc.name() and parent is not None and "postgres" in parent.name():
+                return parent.pid
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None  # a server in another container or namespace: not ours to sample
+        return None
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------- PostgreSQL limit
+
+_PAYLOAD = b"x" * 200  # about the size of an encoded envelope
+
+
+async def pg_step_rates(settings: Settings, seconds: float, connections: int) -> dict[str, float]:
+    """Steps/s of the step transaction's shape on this server: one per commit, and ten."""
+    name = check_database_name(f"{settings.database_prefix}bench")
+    admin = await asyncpg.connect(settings.database_dsn("postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            dsn = settings.database_dsn(name)
+            await _prepare_scratch(dsn, connections)
+            single = await _step_rate(dsn, seconds, connections, batch=1)
+            batched = await _step_rate(dsn, seconds, connections, batch=10)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    return {"pg_step_rate_per_s": round(single, 1), "pg_batched_step_rate_per_s": round(batched, 1)}
+
+
+async def _prepare_scratch(dsn: str, connections: int) -> None:
+    """The services' real inbox/outbox tables (common migrations) plus one row per connection."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn, "bench")  # no "bench" folder: applies exactly the common migrations
+        await conn.execute("CREATE TABLE bench_rows (id int PRIMARY KEY, n bigint NOT NULL)")
+        await conn.executemany("INSERT INTO bench_rows VALUES ($1, 0)",
+                               [(i,) for i in range(connections)])
+    finally:
+        await conn.close()
+
+
+async def _step_rate(dsn: str, seconds: float, connections: int, batch: int) -> float:
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    try:
+        deadline = time.monotonic() + seconds
+        started = time.monotonic()
+        counts = await asyncio.gather(*(_steps_until(c, i, batch, deadline)
+                                        for i, c in enumerate(conns)))
+        return sum(counts) / (time.monotonic() - started)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def _steps_until(conn: asyncpg.Connection, row: int, batch: int, deadline: float) -> int:
+    """Inbox insert, row update, outbox insert; ``batch`` of them per commit."""
+    steps = 0
+    while time.monotonic() < deadline:
+        async with conn.transaction():
+            for _ in range(batch):
+                await conn.execute("INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
+                                   " ON CONFLICT (event_id) DO NOTHING", uuid.uuid4(), "Bench")
+                await conn.execute("UPDATE bench_rows SET n = n + 1 WHERE id = $1", row)
+                await conn.execute("INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)",
+                                   "bench", b"k", _PAYLOAD)
+        steps += batch
+    return steps
+
+
+# --------------------------------------------------------------- the run
+
+
+async def report_progress(tracker: Tracker, every_s: float, emit: Progress) -> None:
+    """Every ``every_s``: placed, finished, finish rate over the interval, in flight."""
+    last_finished, last_t = 0, time.monotonic()
+    while True:
+        await asyncio.sleep(every_s)
+        now, finished = time.monotonic(), tracker.finished
+        rate = (finished - last_finished) / (now - last_t)
+        emit(f"placed {tracker.placed}/{tracker.total}  finished {finished}"
+             f"  {rate:.0f} orders/s  in flight {tracker.placed - finished}")
+        last_finished, last_t = finished, now
+
+
+async def drive_load(settings: Settings, cfg: BenchConfig, emit: Progress) -> Tracker:
+    """Place the orders and wait until each is terminal or nothing finishes for a while."""
+    window = asyncio.Semaphore(cfg.window) if cfg.rate is None else None
+    tracker = Tracker(total=cfg.total_orders(), window=window)
+    consumer = await open_terminal_consumer(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
+    await producer.start()
+    tasks = [asyncio.create_task(watch_terminals(consumer, tracker), name="bench-watch"),
+             asyncio.create_task(report_progress(tracker, cfg.progress_every_s, emit))]
+    placer = asyncio.create_task(place_orders(producer, settings, cfg, tracker))
+    try:
+        await _wait_done(tracker, placer, cfg.stall_timeout_s, emit)
+    finally:
+        for task in [*tasks, placer]:
+            task.cancel()
+        await asyncio.gather(*tasks, placer, return_exceptions=True)
+        await producer.stop()
+        await consumer.stop()
+    if placer.done() and not placer.cancelled() and placer.exception() is not None:
+        raise RuntimeError("placing orders failed") from placer.exception()
+    return tracker
+
+
+async def _wait_done(tracker: Tracker, placer: asyncio.Task[None], stall_s: float,
+                     emit: Progress) -> None:
+    """Return when every order finished, or after ``stall_s`` without a single finish."""
+    last_count, last_change = -1, time.monotonic()
+    while not tracker.done.is_set():
+        if placer.done() and placer.exception() is not None:
+            return
+        if tracker.finished != last_count:
+            last_count, last_change = tracker.finished, time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            emit(f"no order finished for {stall_s:.0f}s; giving up")
+            return
+        try:
+            await asyncio.wait_for(tracker.done.wait(), timeout=0.5)
+        except TimeoutError:
+            continue
+
+
+def load_summary(tracker: Tracker, cfg: BenchConfig) -> dict[str, Any]:
+    """Throughput, latency percentiles, outcomes and send lag of a finished load."""
+    lat = sorted(tracker.latencies_ms)
+    seconds = max(tracker.last_seen - tracker.first_sent, 1e-9) if lat else 0.0
+    lag = sorted(tracker.send_lag_ms)
+    return {
+        "mode": "max" if cfg.rate is None else "rate",
+        "rate": cfg.rate,
+        "mix": cfg.mix,
+        "orders": tracker.placed,
+        "finished": tracker.finished,
+        "unfinished": tracker.placed - tracker.finished,
+        "seconds": round(seconds, 2),
+        "orders_per_s": round(tracker.finished / seconds, 1) if seconds else 0.0,
+        "p50_ms": percentile(lat, 0.50),
+        "p95_ms": percentile(lat, 0.95),
+        "p99_ms": percentile(lat, 0.99),
+        "max_ms": round(lat[-1], 1) if lat else 0.0,
+        "mean_ms": round(statistics.fmean(lat), 1) if lat else 0.0,
+        "confirmed": tracker.outcomes["OrderConfirmed"],
+        "cancelled": tracker.outcomes["OrderCancelled"],
+        "send_errors": tracker.send_errors,
+        "send_lag_p99_ms": percentile(lag, 0.99),
+        "send_lag_max_ms": round(lag[-1], 1) if lag else 0.0,
+    }
+
+
+async def run_bench(settings: Settings, cfg: BenchConfig, stack: Stack | None = None,
+                    emit: Progress | None = None) -> dict[str, Any]:
+    """Measure the PostgreSQL limit, drive the load while sampling processes, then audit."""
+    emit = emit or _stderr
+    emit(f"measuring the PostgreSQL step rate ({2 * cfg.pg_seconds:.0f}s) ...")
+    pg = await pg_step_rates(settings, cfg.pg_seconds, cfg.pg_connections)
+    emit(f"pg: {pg}")
+    sampler = ProcessSampler(await process_roots(stack), rss=_rss_groups(stack))
+    sampler.start()
+    mode = f"{cfg.rate:g} orders/s" if cfg.rate else f"max throughput (window {cfg.window})"
+    emit(f"placing {cfg.total_orders()} orders at {mode} ...")
+    try:
+        tracker = await drive_load(settings, cfg, emit)
+    finally:
+        await sampler.stop()
+    result = {**load_summary(tracker, cfg), "workers": cfg.workers,
+              "partitions": settings.partitions, **pg}
+    limit = pg["pg_step_rate_per_s"] / STEPS_PER_ORDER
+    result["orders_per_s_of_pg_limit"] = round(result["orders_per_s"] / limit, 3) if limit else 0.0
+    result.update(sampler.report())
+    result.update(await _audit(settings, cfg, emit))
+    return result
+
+
+def _rss_groups(stack: Stack | None) -> frozenset[str]:
+    """Groups with RSS: not PostgreSQL, whose shared buffers count once per backend."""
+    services = frozenset(stack.workers) if stack is not None else frozenset()
+    return services | {"broker", "bench"}
+
+
+async def _audit(settings: Settings, cfg: BenchConfig, emit: Progress) -> dict[str, Any]:
+    if not cfg.audit:
+        return {"audit": "skipped", "violations": 0}
+    emit("auditing after quiescence ...")
+    report = await settled_audit(settings, deadline_s=60.0)
+    return {"audit": "ok" if report.ok else "violated",
+            "violations": report.summary()["violations"]}
+
+
+async def bench_with_stack(settings: Settings, cfg: BenchConfig, *, external: bool = False,
+                           emit: Progress | None = None) -> dict[str, Any]:
+    """``oms bench``: start the stack (unless ``external``), run, and stop it again."""
+    emit = emit or _stderr
+    if external:
+        return await run_bench(settings, cfg, None, emit)
+    emit(f"starting the stack ({cfg.workers} worker(s) per service,"
+         f" {settings.partitions} partitions) ...")
+    stack = await start_stack(settings, workers_per_service=cfg.workers)
+    try:
+        return await run_bench(stack.settings, cfg, stack, emit)
+    finally:
+        await stack.stop()
+
+
+def _stderr(line: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
