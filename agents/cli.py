@@ -23,7 +23,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("service", type=click.Choice(SERVICES))
-@click.option("--loglevel", default="info", type=click.Choice(["crit", "error", "warn", "info", "debug"]))
+@click.option("--loglevel", default="info",
+              type=click.Choice(["crit", "error", "warn", "info", "debug"]))
 def worker(service: str, loglevel: str) -> None:
     """Run one service's worker against the configured broker and database."""
     from agents.worker import run_worker
@@ -70,12 +71,12 @@ async def _up(settings: Settings, workers: int) -> int:
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for sagas")
 def demo(count: int, workers: int, timeout: float) -> None:
     """Start the system, run COUNT orders through it, audit, print one JSON line."""
-    result = asyncio.run(_demo(get_settings(), count, workers, timeout))
+    result = asyncio.run(_demo(get_settings(), count, workers, wait_s=timeout))
     _print_json(result)
     sys.exit(0 if result["pending"] == 0 and result["invariants"] == "ok" else 1)
 
 
-async def _demo(settings: Settings, count: int, workers: int, timeout: float) -> dict[str, Any]:
+async def _demo(settings: Settings, count: int, workers: int, wait_s: float) -> dict[str, Any]:
     from agents.demo import run_demo
     from agents.stack import start_stack
 
@@ -83,7 +84,7 @@ async def _demo(settings: Settings, count: int, workers: int, timeout: float) ->
     stack = await start_stack(settings, workers_per_service=workers)
     try:
         click.echo(f"placing {count} orders ...", err=True)
-        return await run_demo(stack, count, timeout)
+        return await run_demo(stack, count, wait_s)
     finally:
         await stack.stop()
 

@@ -105,6 +105,14 @@ async def stock_of(conn: asyncpg.Connection, sku: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+async def stock_levels(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Stock levels of every SKU, by SKU (the catalogue is small: tens of rows)."""
+    rows = await conn.fetch(
+        "SELECT sku, price_cents, total, available, reserved, sold FROM stock ORDER BY sku"
+    )
+    return [dict(r) for r in rows]
+
+
 async def seed(conn: asyncpg.Connection, catalogue: Mapping[str, tuple[int, int]]) -> int:
     """Add SKUs (sku -> (units, price in cents)) that are not there yet; return how many."""
     status = await conn.execute(

@@ -1,4 +1,4 @@
-"""Inventory views: stock by SKU."""
+"""Inventory views: stock of every SKU, and stock by SKU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from stores import inventory
 
 
 def add_inventory_views(app: AppT, runtime: ServiceRuntime) -> None:
-    """Register ``/stock/{sku}/``."""
+    """Register ``/stock/`` and ``/stock/{sku}/``."""
+
+    @app.page("/stock/")
+    class StockList(View):
+        async def get(self, request: Request) -> Response:
+            await runtime.start()
+            async with runtime.pool.acquire() as conn:
+                levels = await inventory.stock_levels(conn)
+            return self.json({"stock": levels, "skus": len(levels)})
 
     @app.page("/stock/{sku}/")
     class StockView(View):

@@ -1,23 +1,106 @@
-"""Tracker views: a saga by order id (routed to its owner), and counts by status."""
+"""Tracker views: sagas by order id (routed to their owner), counts, in-flight, stuck, dashboard.
+
+Every list view covers the sagas of the partitions this worker owns (the
+table is partitioned like its source topics); ``/sagas/{order_id}/`` is routed
+by Faust to the worker that owns the key, so it answers from any worker.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from faust.types import AppT
 from faust.web import Request, Response, View
 
+from agents.saga import RUNNING, Saga
+
 if TYPE_CHECKING:
     from agents.orchestrator import Tracker
 
+DASHBOARD = Path(__file__).with_name("dashboard.html")
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 500
+SCOPE = "this worker's partitions"
+
+
+def iso(ms: int) -> str | None:
+    """Epoch milliseconds as ISO 8601 UTC (None for 0, 'not yet')."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat() if ms else None
+
+
+def saga_json(saga: Saga, now_ms: int) -> dict[str, Any]:
+    """A saga with readable timestamps and its age; steps in the order they were seen."""
+    data = saga.as_dict()
+    data.update(placed_at=iso(saga.placed_at_ms), deadline=iso(saga.deadline_ms),
+                finished_at=iso(saga.finished_at_ms), age_ms=now_ms - saga.placed_at_ms,
+                overdue_ms=max(0, now_ms - saga.deadline_ms) if not saga.finished else 0)
+    data["steps"] = [{**step, "at": iso(step["at_ms"])} for step in saga.steps]
+    return data
+
+
+def local_sagas(tracker: Tracker) -> list[Saga]:
+    """Sagas held by this worker."""
+    return [Saga.from_dict(data) for data in list(tracker.sagas.values()) if data]
+
+
+def select(sagas: Iterable[Saga], keep: Callable[[Saga], bool], order: Callable[[Saga], int],
+           limit: int) -> list[Saga]:
+    """The first ``limit`` sagas that ``keep`` accepts, sorted by ``order``."""
+    return sorted((s for s in sagas if keep(s)), key=order)[:limit]
+
+
+def limit_of(request: Request) -> int:
+    """``?limit=N`` clamped to 1..MAX_LIMIT; ValueError for a non-number."""
+    return max(1, min(int(request.query.get("limit", DEFAULT_LIMIT)), MAX_LIMIT))
+
 
 def add_tracker_views(app: AppT, tracker: Tracker) -> None:
-    """Register ``/sagas/`` and ``/sagas/{order_id}/``."""
+    """Register the ``/sagas/...`` JSON views and the ``/dashboard/`` page."""
+
+    def listing(view: View, request: Request, keep: Callable[[Saga], bool],
+                order: Callable[[Saga], int]) -> Response:
+        try:
+            limit = limit_of(request)
+        except ValueError:
+            return view.json({"error": "limit: not an integer"}, status=400)
+        now = int(time.time() * 1000)
+        found = select(local_sagas(tracker), keep, order, limit)
+        return view.json({"sagas": [saga_json(s, now) for s in found], "limit": limit,
+                          "scope": SCOPE, "now": iso(now)})
 
     @app.page("/sagas/")
     class SagaCounts(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"counts": tracker.counts(), "scope": "this worker's partitions"})
+            counts = tracker.counts()
+            return self.json({"counts": counts, "total": sum(counts.values()), "scope": SCOPE})
+
+    @app.page("/sagas/in-flight/")
+    class InFlight(View):
+        """Running sagas, oldest first: the ones an operator looks at first."""
+
+        async def get(self, request: Request) -> Response:
+            return listing(self, request, lambda s: s.status == RUNNING,
+                           lambda s: s.placed_at_ms)
+
+    @app.page("/sagas/stuck/")
+    class Stuck(View):
+        """Running sagas past their deadline (the tracker is cancelling them, or failed to)."""
+
+        async def get(self, request: Request) -> Response:
+            now = int(time.time() * 1000)
+            return listing(self, request, lambda s: s.status == RUNNING and now > s.deadline_ms,
+                           lambda s: s.deadline_ms)
+
+    @app.page("/sagas/recent/")
+    class Recent(View):
+        """Most recently updated sagas first (the dashboard's table)."""
+
+        async def get(self, request: Request) -> Response:
+            return listing(self, request, lambda s: True, lambda s: -s.updated_at_ms)
 
     @app.page("/sagas/{order_id}/")
     @app.table_route(table=tracker.sagas, match_info="order_id")
@@ -25,4 +108,15 @@ def add_tracker_views(app: AppT, tracker: Tracker) -> None:
         found = tracker.saga(order_id)
         if found is None:
             return web.json({"error": "saga not found", "order_id": order_id}, status=404)
-        return web.json(found.as_dict())
+        return web.json(saga_json(found, int(time.time() * 1000)))
+
+    @app.page("/dashboard/")
+    class Dashboard(View):
+        """A self-contained HTML page that polls the JSON views above."""
+
+        async def get(self, request: Request) -> Response:
+            return self.html(DASHBOARD.read_text(encoding="utf-8"))
+
+    from agents.views.dead_letters import add_dead_letter_views
+
+    add_dead_letter_views(app, tracker.settings)

@@ -1,0 +1,187 @@
+"""The operators' web views on a running stack with two workers per service."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agents.catalogue import REGULAR_SKUS, price_of
+from agents.client import OrderClient
+from agents.demo import wait_terminal
+from agents.intake import LineRequest, PlaceOrderRequest
+from agents.stack import Stack, start_stack
+from schemas.codec import encode, new_envelope
+from schemas.oms_pb2 import PaymentRefunded
+from tests.conftest import drop_test_databases, make_settings
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.integration
+TOKEN = "views-test-token"
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    settings = make_settings(tmp_path_factory.mktemp("views"), admin_token=TOKEN)
+    running = await start_stack(settings, workers_per_service=2)
+    try:
+        yield running
+    finally:
+        await running.stop()
+        await drop_test_databases(running.settings)
+
+
+@pytest.fixture(scope="module")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+def order(token: str = "tok_visa") -> PlaceOrderRequest:
+    sku = REGULAR_SKUS[0]
+    line = LineRequest(sku=sku, quantity=1, unit_price_cents=price_of(sku))
+    return PlaceOrderRequest(order_id=uuid.uuid4(), customer_id="views", payment_token=token,
+                             lines=[line])
+
+
+async def place(stack: Stack, *requests: PlaceOrderRequest) -> list[str]:
+    async with OrderClient(stack.settings) as client:
+        for request in requests:
+            await client.place(request)
+    return [str(r.order_id) for r in requests]
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.fixture(scope="module")
+async def finished(stack: Stack) -> list[str]:
+    """Six orders, five confirmed and one declined, all finished."""
+    ids = await place(stack, *[order() for _ in range(5)], order("tok_decline"))
+    assert await wait_terminal(stack.settings, ids, 60) == 0
+    return ids
+
+
+async def test_saga_by_order_id_answers_from_every_tracker_worker(
+    stack: Stack, http: aiohttp.ClientSession, finished: list[str]
+) -> None:
+    for order_id in finished:
+        for worker in stack.workers["orchestrator"]:
+            status, saga = await eventually(
+                lambda w=worker, o=order_id: get(http, f"{stack.web_url(w)}/sagas/{o}/"),
+                lambda r: r[0] == 200 and r[1]["status"] != "RUNNING", 30, "saga routed")
+            assert saga["order_id"] == order_id
+            types = [step["type"] for step in saga["steps"]]
+            assert {"PlaceOrder", "OrderCreated"} <= set(types)  # cross-topic order varies
+            assert all(step["at"].startswith("20") for step in saga["steps"])
+    statuses = {(await get(http, f"{stack.web_url('orchestrator-0')}/sagas/{o}/"))[1]["status"]
+                for o in finished}
+    assert statuses == {"CONFIRMED", "CANCELLED"}
+
+
+async def test_counts_are_split_between_workers_and_add_up(
+    stack: Stack, http: aiohttp.ClientSession, finished: list[str]
+) -> None:
+    bodies = [(await get(http, f"{stack.web_url(w)}/sagas/"))[1]
+              for w in stack.workers["orchestrator"]]
+    assert all(b["scope"] == "this worker's partitions" for b in bodies)
+    assert sum(b["counts"].get("CONFIRMED", 0) for b in bodies) >= 5
+    assert sum(b["counts"].get("CANCELLED", 0) for b in bodies) >= 1
+    assert all(b["total"] == sum(b["counts"].values()) for b in bodies)
+
+
+async def test_in_flight_lists_a_saga_waiting_on_the_gateway(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    [waiting] = await place(stack, order(stack.settings.gateway_timeout_token))
+
+    async def in_flight() -> list[str]:
+        ids = []
+        for worker in stack.workers["orchestrator"]:
+            _, body = await get(http, f"{stack.web_url(worker)}/sagas/in-flight/?limit=50")
+            ids += [s["order_id"] for s in body["sagas"]]
+        return ids
+
+    await eventually(in_flight, lambda ids: waiting in ids, 20, "in-flight saga")
+    status, body = await get(http, f"{stack.web_url('orchestrator-0')}/sagas/in-flight/?limit=x")
+    assert status == 400
+
+
+async def test_stock_lists_every_sku_and_one_sku(stack: Stack, http: aiohttp.ClientSession) -> None:
+    base = stack.web_url("inventory-0")
+    status, body = await get(http, f"{base}/stock/")
+    assert status == 200
+    skus = {row["sku"]: row for row in body["stock"]}
+    assert set(REGULAR_SKUS) <= set(skus) and body["skus"] == len(skus)
+    assert all(r["available"] + r["reserved"] + r["sold"] == r["total"] for r in skus.values())
+    status, one = await get(http, f"{base}/stock/{REGULAR_SKUS[0]}/")
+    assert status == 200 and one["sku"] == REGULAR_SKUS[0]
+    assert (await get(http, f"{base}/stock/NOPE/"))[0] == 404
+
+
+async def test_payment_and_order_by_id(
+    stack: Stack, http: aiohttp.ClientSession, finished: list[str]
+) -> None:
+    status, payment = await get(http, f"{stack.web_url('payments-0')}/payments/{finished[0]}/")
+    assert status == 200 and payment["status"] == "CHARGED"
+    status, found = await get(http, f"{stack.web_url('orders-1')}/orders/{finished[0]}/")
+    assert status == 200 and found["status"] == "CONFIRMED"
+
+
+async def test_health_and_ready_say_why(stack: Stack, http: aiohttp.ClientSession) -> None:
+    for names in stack.workers.values():
+        for name in names:
+            assert (await get(http, f"{stack.web_url(name)}/health/"))[1]["alive"] is True
+            status, ready = await get(http, f"{stack.web_url(name)}/ready/")
+            assert status == 200 and ready["not_ready"] == [] and ready["checks"]
+
+
+async def test_mutating_endpoints_need_the_token(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    [order_id] = await place(stack, order(stack.settings.gateway_timeout_token))
+    cancel = f"{stack.web_url('orders-0')}/orders/{order_id}/cancel/"
+    redrive = f"{stack.web_url('orchestrator-0')}/dead-letters/redrive/"
+    for url in (cancel, redrive):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            async with http.post(url, headers=headers, json={"dry_run": True}) as resp:
+                assert resp.status == 401, (url, headers)
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    async with http.post(redrive, headers=good, json={"dry_run": True}) as resp:
+        assert resp.status == 200 and (await resp.json())["dry_run"] is True
+    async with http.post(cancel, headers=good) as resp:
+        assert resp.status == 202
+    status, found = await eventually(
+        lambda: get(http, f"{stack.web_url('orders-0')}/orders/{order_id}/"),
+        lambda r: r[0] == 200 and r[1]["status"] == "CANCELLED", 30, "operator cancel")
+    assert found["reason"] == "cancelled by operator"
+
+
+async def test_stuck_lists_a_saga_nobody_can_cancel(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """Last test: with the orders workers down, an overdue saga stays stuck."""
+    for name in stack.workers["orders"]:
+        await stack.supervisor.kill(name)
+    order_id = str(uuid.uuid4())
+    hour_ago = new_envelope(order_id, PaymentRefunded(charge_id="ch", amount_cents=1),
+                            producer="test", placed_at_ms=1)
+    async with OrderClient(stack.settings) as client:
+        await client.send_raw(stack.settings.topic("payment-events"), order_id.encode(),
+                              encode(hour_ago))
+
+    async def stuck() -> list[dict[str, Any]]:
+        found = []
+        for worker in stack.workers["orchestrator"]:
+            found += (await get(http, f"{stack.web_url(worker)}/sagas/stuck/"))[1]["sagas"]
+        return found
+
+    sagas = await eventually(stuck, lambda s: any(x["order_id"] == order_id for x in s), 20,
+                             "stuck saga")
+    [mine] = [s for s in sagas if s["order_id"] == order_id]
+    assert mine["status"] == "RUNNING" and mine["overdue_ms"] > 0
