@@ -28,7 +28,7 @@ def broker_url(settings: Settings) -> str:
     return ";".join(f"oms://{h.strip()}" for h in hosts)  # agents/kafka_transport.py
 
 
-def create_app(service: str, settings: Settings) -> faust.App:
+def create_app(service: str, settings: Settings, *, faust_sensor: bool = True) -> faust.App:
     """A Faust app with the OMS defaults: its own consumer group, web port and /metrics."""
     datadir = Path(settings.data_dir) / "faust" / service
     datadir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ def create_app(service: str, settings: Settings) -> faust.App:
     app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     setup_prometheus_sensors(app, pattern="/metrics")
     metrics.install_lag_gauge(app, service)
-    tracing.instrument_app(app, service, settings)
+    tracing.instrument_app(app, service, settings, faust_sensor=faust_sensor)
     return app
 
 
@@ -87,7 +87,7 @@ def service_app(
     on_committed: Callable[[list[Envelope]], None] | None = None,
 ) -> tuple[faust.App, ServiceRuntime]:
     """Wire a database-backed saga service: one agent over its sources, the relay, health."""
-    app = create_app(service, settings)
+    app = create_app(service, settings, faust_sensor=False)  # batches trace themselves
     runtime = ServiceRuntime(app, settings, service, handler_factory, output, handled,
                              on_committed)
     topic = app.topic(
@@ -99,8 +99,12 @@ def service_app(
     )
 
     async def steps(stream: StreamT) -> AsyncIterator[None]:
-        async for event in stream.events():
-            await runtime.process(event.message)
+        # Events are acked (and their offsets committed) only after the batch's
+        # transaction has committed: take_events acks when the next batch is asked for.
+        batch_wait_s = settings.batch_wait_ms / 1000
+        batches = stream.take_events(settings.batch_max, within=batch_wait_s)  # type: ignore[attr-defined]
+        async for events in batches:
+            await runtime.process_batch([event.message for event in events])
             yield None
 
     app.agent(topic, name=f"oms-{service}.steps")(steps)

@@ -30,7 +30,7 @@ from schemas.oms_pb2 import (
     OrderCreated,
 )
 from stores import inventory
-from stores.inventory import RELEASED, RESERVED, SOLD
+from stores.inventory import RELEASED, SOLD
 
 SERVICE = "inventory"
 SOURCES = (ORDER_EVENTS,)
@@ -63,17 +63,13 @@ def quantities(body: OrderCreated) -> Counter[str]:
 async def reserve(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Reserve every line or none; an order seen before (or cancelled first) is left alone."""
     body = envelope.order_created
-    wanted = quantities(body)
-    if await inventory.reservation_status(conn, envelope.order_id) is not None:
+    outcome = await inventory.reserve(conn, envelope.order_id, quantities(body))
+    if outcome.decided_before:
         return []
-    unknown = await inventory.unknown_skus(conn, list(wanted))
-    if unknown:
-        reason = "unknown sku: " + ", ".join(unknown)
-        await inventory.record_rejected(conn, envelope.order_id, reason)
-        return [_rejected(envelope, reason, unknown)]
-    short = await inventory.try_reserve(conn, envelope.order_id, wanted)
-    if short:
-        return [_rejected(envelope, "out of stock: " + ", ".join(short), short)]
+    if outcome.unknown:
+        return [_rejected(envelope, "unknown sku: " + ", ".join(outcome.unknown), outcome.unknown)]
+    if outcome.short:
+        return [_rejected(envelope, "out of stock: " + ", ".join(outcome.short), outcome.short)]
     reserved = InventoryReserved(
         lines=body.lines,
         amount_cents=body.amount_cents,
@@ -95,19 +91,19 @@ async def settle(
     event: InventoryCommitted | InventoryReleased,
 ) -> list[Envelope]:
     """Sell or release a held reservation; anything else is already settled."""
-    if await inventory.reservation_status(conn, envelope.order_id) != RESERVED:
+    if not await inventory.settle(conn, envelope.order_id, to):
         return []
-    await inventory.settle(conn, envelope.order_id, to)
     return [new_envelope(envelope.order_id, event, producer=SERVICE, cause=envelope)]
 
 
 async def release(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Release a held reservation, or remember the cancel so nothing is reserved later."""
-    status = await inventory.reservation_status(conn, envelope.order_id)
-    if status is None:
+    if await inventory.settle(conn, envelope.order_id, RELEASED):
+        return [new_envelope(envelope.order_id, InventoryReleased(), producer=SERVICE,
+                             cause=envelope)]
+    if await inventory.reservation_status(conn, envelope.order_id) is None:
         await inventory.record_cancelled(conn, envelope.order_id)
-        return []
-    return await settle(conn, envelope, RELEASED, InventoryReleased())
+    return []
 
 
 def build(settings: Settings) -> faust.App:

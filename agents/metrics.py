@@ -38,6 +38,10 @@ HANDLER_SECONDS = Histogram(
     "oms_handler_seconds", "Step handler time", ["service", "event_type"],
     buckets=_LATENCY_BUCKETS,
 )
+BATCH_SIZE = Histogram(
+    "oms_batch_size", "Events per step transaction", ["service"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 EVENTS = Counter("oms_events", "Events consumed, by result", ["service", "event_type", "result"])
 STEP_RETRIES = Counter("oms_step_retries", "Transient step failures retried", ["service", "error"])
 DEAD_LETTERS = Counter("oms_dead_letters", "Messages sent to the dead-letter topic",

@@ -10,12 +10,22 @@ The two inputs come from different topics, so either may arrive first.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
 import asyncpg
 import faust
 
 from agents import metrics
 from agents.app import service_app
-from agents.gateway import GatewayTimeout, PaymentGateway, SimulatedGateway
+from agents.gateway import (
+    ChargeResult,
+    GatewayTimeout,
+    PaymentGateway,
+    Refund,
+    SimulatedGateway,
+)
 from agents.step import Handler, InvalidEvent
 from agents.topics import INVENTORY_EVENTS, ORDER_EVENTS, PAYMENT_EVENTS
 from config import Settings
@@ -24,6 +34,7 @@ from schemas.oms_pb2 import Envelope, PaymentCompleted, PaymentFailed, PaymentRe
 from stores import payments
 from stores.payments import CHARGED, DECLINED, REFUNDED, UNKNOWN, VOIDED
 
+T = TypeVar("T")
 SERVICE = "payments"
 SOURCES = (INVENTORY_EVENTS, ORDER_EVENTS)
 HANDLED = frozenset({"InventoryReserved", "OrderCancelled"})
@@ -31,59 +42,111 @@ HANDLED = frozenset({"InventoryReserved", "OrderCancelled"})
 
 def make_handler(gateway: PaymentGateway) -> Handler:
     """The payments step, bound to a gateway."""
+    return PaymentsStep(gateway)
 
-    async def handle(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
+
+class PaymentsStep:
+    """The payments step; a batch's PSP calls go out concurrently.
+
+    A real PSP answers in tens to hundreds of milliseconds, so calling it for
+    one order after another would cap the service at a few orders per second.
+    :meth:`prepare` starts every charge and cancel of a batch before its
+    transaction. That is safe because both are idempotent by order id, a
+    cancel voids the order at the PSP so a later charge can never capture, and
+    the transaction records each answer only if the order has no conflicting
+    payment row.
+    """
+
+    def __init__(self, gateway: PaymentGateway) -> None:
+        self._gateway = gateway
+        self._calls: dict[tuple[str, str], asyncio.Future[Any]] = {}
+
+    async def prepare(self, envelopes: list[Envelope]) -> None:
+        """Start the PSP calls of a batch; the step awaits their answers."""
+        for stale in self._calls.values():
+            stale.cancel()
+        self._calls = {}
+        for e in envelopes:
+            if e.type == "InventoryReserved" and e.inventory_reserved.amount_cents >= 0:
+                body = e.inventory_reserved
+                call = self._gateway.charge(e.order_id, body.amount_cents, body.payment_token)
+                self._calls[(e.type, e.order_id)] = _background(call)
+            elif e.type == "OrderCancelled":
+                self._calls[(e.type, e.order_id)] = _background(self._gateway.cancel(e.order_id))
+
+    async def __call__(self, conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
+        """The step for one event (inside the step transaction)."""
+        order_id = envelope.order_id
         if envelope.type == "InventoryReserved":
-            return await charge(conn, envelope, gateway)
+            body = envelope.inventory_reserved
+            if body.amount_cents < 0:
+                raise InvalidEvent(f"amount_cents: must not be negative, got {body.amount_cents}")
+            try:
+                outcome: ChargeResult | GatewayTimeout = await self._answer(
+                    envelope,
+                    lambda: self._gateway.charge(order_id, body.amount_cents, body.payment_token),
+                )
+            except GatewayTimeout as exc:
+                outcome = exc
+            return await charge(conn, envelope, outcome)
         if envelope.type == "OrderCancelled":
-            return await refund(conn, envelope, gateway)
+            refunded = await self._answer(envelope, lambda: self._gateway.cancel(order_id))
+            return await refund(conn, envelope, refunded)
         return []
 
-    return handle
+    async def _answer(self, envelope: Envelope, call: Callable[[], Awaitable[T]]) -> T:
+        """The answer :meth:`prepare` started, or a call made now (single-event path)."""
+        started = self._calls.pop((envelope.type, envelope.order_id), None)
+        if started is not None and not started.cancelled():
+            return await started  # type: ignore[no-any-return]
+        return await call()
+
+
+def _background(call: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+    future = asyncio.ensure_future(call)
+    # An answer nobody waits for (its event turned out to be a duplicate) must not
+    # log "exception never retrieved"; the PSP calls themselves are idempotent.
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
 
 
 async def charge(
-    conn: asyncpg.Connection, envelope: Envelope, gateway: PaymentGateway
+    conn: asyncpg.Connection, envelope: Envelope, outcome: ChargeResult | GatewayTimeout
 ) -> list[Envelope]:
-    """Charge unless the order already has a payment row (charged, declined or voided)."""
-    body = envelope.inventory_reserved
-    if body.amount_cents < 0:
-        raise InvalidEvent(f"amount_cents: must not be negative, got {body.amount_cents}")
-    if await payments.status_of(conn, envelope.order_id) is not None:
-        return []
-    try:
-        result = await gateway.charge(envelope.order_id, body.amount_cents, body.payment_token)
-    except GatewayTimeout as exc:
+    """Record the PSP's answer unless the order has a payment already (then emit nothing)."""
+    order_id, amount = envelope.order_id, envelope.inventory_reserved.amount_cents
+    if isinstance(outcome, GatewayTimeout):
         metrics.GATEWAY_CALLS.labels("charge", "timeout").inc()
-        await payments.record(conn, envelope.order_id, UNKNOWN, reason=str(exc))
+        await payments.record_first(conn, order_id, UNKNOWN, reason=str(outcome))
         return []  # the tracker's deadline cancels the order; the cancel voids or refunds
-    if not result.approved:
+    out: PaymentFailed | PaymentCompleted
+    if outcome.approved:
+        metrics.GATEWAY_CALLS.labels("charge", "approved").inc()
+        first = await payments.record_first(conn, order_id, CHARGED, amount_cents=amount,
+                                            charge_id=outcome.charge_id)
+        out = PaymentCompleted(charge_id=outcome.charge_id, amount_cents=amount)
+    else:
         metrics.GATEWAY_CALLS.labels("charge", "declined").inc()
-        await payments.record(conn, envelope.order_id, DECLINED, reason=result.reason)
-        out = PaymentFailed(reason=result.reason)
-        return [new_envelope(envelope.order_id, out, producer=SERVICE, cause=envelope)]
-    metrics.GATEWAY_CALLS.labels("charge", "approved").inc()
-    await payments.record(conn, envelope.order_id, CHARGED, amount_cents=body.amount_cents,
-                          charge_id=result.charge_id)
-    done = PaymentCompleted(charge_id=result.charge_id, amount_cents=body.amount_cents)
-    return [new_envelope(envelope.order_id, done, producer=SERVICE, cause=envelope)]
+        first = await payments.record_first(conn, order_id, DECLINED, reason=outcome.reason)
+        out = PaymentFailed(reason=outcome.reason)
+    if not first:
+        return []  # charged, declined or voided before: this delivery is a repeat
+    return [new_envelope(order_id, out, producer=SERVICE, cause=envelope)]
 
 
 async def refund(
-    conn: asyncpg.Connection, envelope: Envelope, gateway: PaymentGateway
+    conn: asyncpg.Connection, envelope: Envelope, refunded: Refund | None
 ) -> list[Envelope]:
-    """Refund a capture, or void the order at the PSP so it can never be captured."""
-    row = await payments.get(conn, envelope.order_id)
-    status = row["status"] if row else None
-    if status in (DECLINED, REFUNDED, VOIDED):
-        return []
-    refunded = await gateway.cancel(envelope.order_id)
+    """Record the cancel at the PSP: a refund of the capture, or a void before any charge."""
     metrics.GATEWAY_CALLS.labels("cancel", "refunded" if refunded else "voided").inc()
     if refunded is None:
-        await payments.record(conn, envelope.order_id, VOIDED, reason="cancelled before charge")
+        await payments.record_cancel(conn, envelope.order_id, VOIDED,
+                                     reason="cancelled before charge")
         return []
-    await payments.record(conn, envelope.order_id, REFUNDED,
-                          amount_cents=refunded.amount_cents, charge_id=refunded.charge_id)
+    if not await payments.record_cancel(conn, envelope.order_id, REFUNDED,
+                                        amount_cents=refunded.amount_cents,
+                                        charge_id=refunded.charge_id):
+        return []  # refunded before: this cancel is a repeat
     out = PaymentRefunded(charge_id=refunded.charge_id, amount_cents=refunded.amount_cents)
     return [new_envelope(envelope.order_id, out, producer=SERVICE, cause=envelope)]
 

@@ -20,7 +20,7 @@ from faust.types.tuples import Message
 from agents import metrics, tracing
 from agents.dlq import DeadLetters
 from agents.relay import OutboxRelay
-from agents.step import Handler, InvalidEvent, StepResult, apply_step
+from agents.step import Handler, InvalidEvent, StepResult, apply_step, run_step
 from agents.topics import DEAD_LETTERS
 from config import Settings
 from schemas.codec import DecodeError, decode
@@ -117,17 +117,98 @@ class ServiceRuntime:
         except DecodeError as exc:
             await self.dead_letter(message, f"undecodable: {exc}")
             return self._count("unknown", "dead_letter")
-        tracing.annotate_current(envelope)
         if envelope.type not in self.handled:
             return "ignored"  # e.g. orders reads InventoryReserved but has nothing to do
         started = time.perf_counter()
-        with tracing.handling(self.service, envelope, message.topic) as span:
+        with tracing.consuming(self.service, envelope, message.topic, message.headers,
+                               message.partition, message.offset) as span:
             result = await self._apply(envelope, message)
             span.set_attribute("oms.result", result)
         metrics.HANDLER_SECONDS.labels(self.service, envelope.type).observe(
             time.perf_counter() - started
         )
         return self._count(envelope.type, result)
+
+    async def process_batch(self, messages: list[Message]) -> None:
+        """Apply a batch of Kafka messages in one transaction (one commit, one fsync).
+
+        Each event is still claimed in the inbox on its own, so duplicates inside
+        or across batches are skipped. If any event cannot be applied, the batch
+        is rolled back and replayed one event at a time, so only that event is
+        dead-lettered and the rest commit normally.
+        """
+        await self.start()
+        metrics.BATCH_SIZE.labels(self.service).observe(len(messages))
+        work: list[tuple[Envelope, Message]] = []
+        seen: set[str] = set()
+        for message in messages:
+            try:
+                envelope = decode(message.value)
+            except DecodeError as exc:
+                await self.dead_letter(message, f"undecodable: {exc}")
+                self._count("unknown", "dead_letter")
+                continue
+            if envelope.type not in self.handled:
+                self._count(envelope.type, "ignored")
+                continue
+            if envelope.event_id in seen:  # the same event twice in one batch
+                self._count(envelope.type, "duplicate")
+                continue
+            seen.add(envelope.event_id)
+            work.append((envelope, message))
+        if len(work) == 1:
+            await self.process(work[0][1])
+        elif work:
+            await self._apply_batch_or_split(work)
+
+    async def _apply_batch_or_split(self, work: list[tuple[Envelope, Message]]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                results = await self._apply_batch(work)
+                break
+            except TRANSIENT_ERRORS as exc:
+                metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
+                log.warning("%s: %s on a batch of %d, retrying in %.2fs", self.service,
+                            type(exc).__name__, len(work), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+            except Exception:  # noqa: BLE001 - one bad event: replay singly to isolate it
+                log.info("%s: batch of %d failed; applying its events one by one",
+                         self.service, len(work))
+                for _, message in work:
+                    await self.process(message)
+                return
+        self.relay.wake()
+        for (envelope, _), step in zip(work, results, strict=True):
+            self._count(envelope.type, "applied" if step.applied else "duplicate")
+            if step.applied and self._on_committed is not None:
+                self._on_committed(step.emitted)
+
+    async def _apply_batch(self, work: list[tuple[Envelope, Message]]) -> list[StepResult]:
+        """One transaction: claim all, apply each under its own spans, stage all."""
+        assert self._handler is not None
+        prepare = getattr(self._handler, "prepare", None)
+        if prepare is not None:  # e.g. payments starts the batch's PSP calls concurrently
+            await prepare([envelope for envelope, _ in work])
+        results: list[StepResult] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await messaging.claim_many(conn, [(e.event_id, e.type) for e, _ in work])
+            for envelope, message in work:
+                if envelope.event_id not in fresh:
+                    results.append(StepResult(applied=False))
+                    continue
+                started = time.perf_counter()
+                with tracing.consuming(self.service, envelope, message.topic, message.headers,
+                                       message.partition, message.offset) as span:
+                    step = await run_step(conn, envelope, self._handler, self.out_topic,
+                                          tracing.current_headers(), claimed=True)
+                    span.set_attribute("oms.result", "applied")
+                metrics.HANDLER_SECONDS.labels(self.service, envelope.type).observe(
+                    time.perf_counter() - started)
+                results.append(step)
+            await messaging.enqueue(conn, [m for r in results for m in r.outbox])
+        return results
 
     async def _apply(self, envelope: Envelope, message: Message) -> str:
         assert self._handler is not None

@@ -2,7 +2,8 @@
 
 This is the only place that opens a step transaction, so every service gets
 the same guarantee: an event is applied at most once, and the events it
-causes are published if and only if its change committed.
+causes are published if and only if its change committed. Several events may
+share one transaction (a batch); each is still claimed in the inbox on its own.
 """
 
 from __future__ import annotations
@@ -30,6 +31,31 @@ class StepResult:
 
     applied: bool
     emitted: list[Envelope] = field(default_factory=list)
+    outbox: list[messaging.OutboxMessage] = field(default_factory=list)
+
+
+async def run_step(
+    conn: asyncpg.Connection,
+    envelope: Envelope,
+    handler: Handler,
+    out_topic: str,
+    headers: dict[str, str] | None = None,
+    *,
+    claimed: bool = False,
+) -> StepResult:
+    """Inside an open transaction: claim the event, apply it, return what to stage.
+
+    ``claimed`` says the caller already inserted the inbox row (a batch claims
+    all its events in one statement).
+    """
+    if not claimed and not await messaging.claim(conn, envelope.event_id, envelope.type):
+        return StepResult(applied=False)
+    emitted = await handler(conn, envelope)
+    outbox = [
+        messaging.OutboxMessage(out_topic, e.order_id.encode(), encode(e), headers or {})
+        for e in emitted
+    ]
+    return StepResult(True, emitted, outbox)
 
 
 async def apply_step(
@@ -39,16 +65,8 @@ async def apply_step(
     out_topic: str,
     headers: dict[str, str] | None = None,
 ) -> StepResult:
-    """Apply ``envelope`` exactly once and stage what it emits in the outbox."""
+    """Apply ``envelope`` exactly once in its own transaction and stage what it emits."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await messaging.claim(conn, envelope.event_id, envelope.type):
-            return StepResult(applied=False)
-        emitted = await handler(conn, envelope)
-        await messaging.enqueue(
-            conn,
-            [
-                messaging.OutboxMessage(out_topic, e.order_id.encode(), encode(e), headers or {})
-                for e in emitted
-            ],
-        )
-    return StepResult(applied=True, emitted=emitted)
+        result = await run_step(conn, envelope, handler, out_topic, headers)
+        await messaging.enqueue(conn, result.outbox)
+    return result

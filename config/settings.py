@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         default=20, ge=0, le=1500, description="consumer long-poll; bounds each saga hop's wait"
     )
+    batch_max: int = Field(
+        default=200, ge=1, description="events applied in one step transaction at most"
+    )
+    batch_wait_ms: float = Field(
+        default=2.0, gt=0, description="how long a batch waits to fill; bounds the added latency"
+    )
     session_timeout_s: float = Field(
         default=6.0, gt=0, description="consumer session timeout; Tansu joins take about half of it"
     )

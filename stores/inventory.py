@@ -7,6 +7,7 @@ order (so concurrent orders cannot deadlock), checked, then moved together.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -16,71 +17,83 @@ RESERVED, REJECTED, SOLD, RELEASED, CANCELLED = (
 )
 
 
+@dataclass(frozen=True)
+class ReserveOutcome:
+    """What :func:`reserve` decided; ``decided_before`` means the order was seen already."""
+
+    decided_before: bool = False
+    unknown: list[str] = field(default_factory=list)
+    short: list[str] = field(default_factory=list)
+
+    @property
+    def reserved(self) -> bool:
+        return not (self.decided_before or self.unknown or self.short)
+
+
 async def reservation_status(conn: asyncpg.Connection, order_id: str) -> str | None:
-    """The order's reservation status, locked for this transaction."""
-    status = await conn.fetchval(
-        "SELECT status FROM reservations WHERE order_id = $1 FOR UPDATE", order_id
-    )
+    """The order's reservation status."""
+    status = await conn.fetchval("SELECT status FROM reservations WHERE order_id = $1", order_id)
     return str(status) if status is not None else None
 
 
-async def try_reserve(
+async def reserve(
     conn: asyncpg.Connection, order_id: str, quantities: Mapping[str, int]
-) -> list[str]:
-    """Reserve every line or none; return the SKUs that blocked it (empty = reserved)."""
+) -> ReserveOutcome:
+    """Reserve every line or none, in two round trips; a rejection is recorded too.
+
+    The first statement locks the order's stock rows in SKU order and reads
+    whether the order was decided before; the second moves the units and
+    records the reservation and its lines in one statement.
+    """
     skus = sorted(quantities)
     rows = await conn.fetch(
-        "SELECT sku, available FROM stock WHERE sku = ANY($1::text[]) ORDER BY sku FOR UPDATE",
+        "SELECT s.sku, s.available,"
+        " (SELECT status FROM reservations WHERE order_id = $2) AS decided"
+        " FROM stock s WHERE s.sku = ANY($1::text[]) ORDER BY s.sku FOR UPDATE OF s",
         skus,
+        order_id,
     )
+    decided = rows[0]["decided"] if rows else await reservation_status(conn, order_id)
+    if decided is not None:
+        return ReserveOutcome(decided_before=True)
     available = {r["sku"]: r["available"] for r in rows}
-    short = [sku for sku in skus if available.get(sku, 0) < quantities[sku]]
-    if short:
-        await _decide(conn, order_id, REJECTED, "out of stock: " + ", ".join(short))
-        return short
-    qty = [quantities[s] for s in skus]
+    unknown = [sku for sku in skus if sku not in available]
+    short = [sku for sku in skus if sku in available and available[sku] < quantities[sku]]
+    if unknown or short:
+        reason = f"unknown sku: {', '.join(unknown)}" if unknown else (
+            f"out of stock: {', '.join(short)}")
+        await _decide(conn, order_id, REJECTED, reason)
+        return ReserveOutcome(unknown=unknown, short=short)
     await conn.execute(
-        "UPDATE stock s SET available = s.available - r.qty, reserved = s.reserved + r.qty"
-        " FROM unnest($1::text[], $2::int[]) AS r(sku, qty) WHERE s.sku = r.sku",
-        skus,
-        qty,
-    )
-    await _decide(conn, order_id, RESERVED, None)
-    await conn.execute(
-        "INSERT INTO reservation_lines (order_id, sku, quantity)"
+        "WITH moved AS (UPDATE stock s SET available = s.available - r.qty,"
+        "   reserved = s.reserved + r.qty"
+        "   FROM unnest($2::text[], $3::int[]) AS r(sku, qty) WHERE s.sku = r.sku),"
+        " decided AS (INSERT INTO reservations (order_id, status) VALUES ($1, 'RESERVED'))"
+        " INSERT INTO reservation_lines (order_id, sku, quantity)"
         " SELECT $1, sku, qty FROM unnest($2::text[], $3::int[]) AS r(sku, qty)",
         order_id,
         skus,
-        qty,
+        [quantities[sku] for sku in skus],
     )
-    return []
-
-
-async def unknown_skus(conn: asyncpg.Connection, skus: list[str]) -> list[str]:
-    """SKUs that are not in the catalogue."""
-    known = await conn.fetch("SELECT sku FROM stock WHERE sku = ANY($1::text[])", skus)
-    return sorted(set(skus) - {r["sku"] for r in known})
+    return ReserveOutcome()
 
 
 async def settle(conn: asyncpg.Connection, order_id: str, to: str) -> bool:
-    """Move a RESERVED order's units to sold (``SOLD``) or back to available (``RELEASED``)."""
+    """Move a RESERVED order's units to sold (``SOLD``) or back (``RELEASED``), in one statement.
+
+    Returns False when the order holds no reservation (already settled, rejected or unknown).
+    """
     moved = "sold = s.sold + l.quantity" if to == SOLD else "available = s.available + l.quantity"
-    updated = await conn.execute(
-        f"UPDATE stock s SET reserved = s.reserved - l.quantity, {moved}"
-        " FROM reservation_lines l WHERE l.order_id = $1 AND s.sku = l.sku",
-        order_id,
-    )
-    await conn.execute(
-        "UPDATE reservations SET status = $2, updated_at = now() WHERE order_id = $1",
+    settled = await conn.fetchval(
+        "WITH r AS (UPDATE reservations SET status = $2, updated_at = now()"
+        "   WHERE order_id = $1 AND status = 'RESERVED' RETURNING order_id),"
+        f" s AS (UPDATE stock s SET reserved = s.reserved - l.quantity, {moved}"
+        "   FROM reservation_lines l JOIN r USING (order_id) WHERE s.sku = l.sku)"
+        " SELECT count(*) FROM r",
         order_id,
         to,
     )
-    return updated != "UPDATE 0"
-
-
-async def record_rejected(conn: asyncpg.Connection, order_id: str, reason: str) -> None:
-    """Remember a rejection decided before any stock was touched."""
-    await _decide(conn, order_id, REJECTED, reason)
+    return bool(settled)
 
 
 async def record_cancelled(conn: asyncpg.Connection, order_id: str) -> None:

@@ -36,6 +36,18 @@ async def claim(conn: asyncpg.Connection, event_id: str, event_type: str) -> boo
     return bool(inserted)
 
 
+async def claim_many(conn: asyncpg.Connection, events: Sequence[tuple[str, str]]) -> set[str]:
+    """Record a batch of (event id, type); return the ids not applied before."""
+    rows = await conn.fetch(
+        "INSERT INTO inbox (event_id, event_type)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT (event_id) DO NOTHING"
+        " RETURNING event_id",
+        [e for e, _ in events],
+        [t for _, t in events],
+    )
+    return {str(r["event_id"]) for r in rows}
+
+
 async def enqueue(conn: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
     """Add outgoing records and wake the relays of every worker on commit."""
     if not messages:

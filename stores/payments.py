@@ -11,15 +11,7 @@ CHARGED, DECLINED, UNKNOWN, REFUNDED, VOIDED = (
 )
 
 
-async def status_of(conn: asyncpg.Connection, order_id: str) -> str | None:
-    """The order's payment status, locked for this transaction."""
-    status = await conn.fetchval(
-        "SELECT status FROM payments WHERE order_id = $1 FOR UPDATE", order_id
-    )
-    return str(status) if status is not None else None
-
-
-async def record(
+async def record_first(
     conn: asyncpg.Connection,
     order_id: str,
     status: str,
@@ -27,21 +19,43 @@ async def record(
     amount_cents: int = 0,
     charge_id: str | None = None,
     reason: str | None = None,
-) -> None:
-    """Insert or overwrite the order's payment row."""
-    await conn.execute(
+) -> bool:
+    """Record a charge's outcome unless the order has a payment row already.
+
+    False means the order was charged, declined or voided before: the primary
+    key makes a second payment for one order impossible.
+    """
+    inserted = await conn.fetchval(
         "INSERT INTO payments (order_id, status, amount_cents, charge_id, reason)"
-        " VALUES ($1, $2, $3, $4, $5)"
-        " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
-        " amount_cents = excluded.amount_cents,"
-        " charge_id = coalesce(excluded.charge_id, payments.charge_id),"
-        " reason = coalesce(excluded.reason, payments.reason), updated_at = now()",
-        order_id,
-        status,
-        amount_cents,
-        charge_id,
-        reason,
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO NOTHING RETURNING true",
+        order_id, status, amount_cents, charge_id, reason,
     )
+    return bool(inserted)
+
+
+async def record_cancel(
+    conn: asyncpg.Connection,
+    order_id: str,
+    status: str,
+    *,
+    amount_cents: int = 0,
+    charge_id: str | None = None,
+    reason: str | None = None,
+) -> bool:
+    """Record a refund or void; only a missing, CHARGED or UNKNOWN payment changes.
+
+    False means the cancel changed nothing (declined, refunded or voided before).
+    """
+    changed = await conn.fetchval(
+        "INSERT INTO payments (order_id, status, amount_cents, charge_id, reason)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (order_id) DO UPDATE"
+        " SET status = excluded.status, amount_cents = excluded.amount_cents,"
+        " charge_id = coalesce(excluded.charge_id, payments.charge_id),"
+        " reason = excluded.reason, updated_at = now()"
+        " WHERE payments.status IN ('CHARGED', 'UNKNOWN') RETURNING true",
+        order_id, status, amount_cents, charge_id, reason,
+    )
+    return bool(changed)
 
 
 async def get(conn: asyncpg.Connection, order_id: str) -> dict[str, Any] | None:
