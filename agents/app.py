@@ -39,6 +39,7 @@ def create_app(service: str, settings: Settings, *, faust_sensor: bool = True) -
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.table_standby_replicas,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port(service),

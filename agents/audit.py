@@ -3,7 +3,9 @@
 Each invariant is one query (or one pass over decoded outbox rows) and
 yields violations. On a live system, orders still inside their deadline and
 settlements younger than ``settle_grace_s`` are reported as in flight, not as
-violations.
+violations. Given the tracker workers' web addresses, the tracker's view is
+checked too: once the orders database has nothing pending and has been quiet
+for the grace period, no saga may still be running in the tracker's table.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from config import Settings
@@ -52,8 +55,10 @@ class AuditReport:
         }
 
 
-async def audit(settings: Settings, *, settle_grace_s: float = 10.0) -> AuditReport:
-    """Read the three databases and check every invariant."""
+async def audit(
+    settings: Settings, *, settle_grace_s: float = 10.0, tracker_urls: tuple[str, ...] = ()
+) -> AuditReport:
+    """Read the three databases (and the trackers at ``tracker_urls``); check every invariant."""
     conns = {s: await asyncpg.connect(settings.dsn(s)) for s in ("orders", "inventory", "payments")}
     try:
         for conn in conns.values():
@@ -66,7 +71,10 @@ async def audit(settings: Settings, *, settle_grace_s: float = 10.0) -> AuditRep
             "SELECT order_id, status FROM reservations")}
         captures = {r["idempotency_key"]: r for r in await conns["payments"].fetch(
             "SELECT idempotency_key, status, amount_cents FROM psp_charges")}
-        ctx = _Context(orders, reservations, captures, settings.saga_timeout_s, settle_grace_s)
+        payments = {str(r["order_id"]): r["status"] for r in await conns["payments"].fetch(
+            "SELECT order_id, status FROM payments")}
+        ctx = _Context(orders, reservations, captures, payments, settings.saga_timeout_s,
+                       settle_grace_s)
         invariants = [
             _terminal(ctx),
             _confirmed_settled(ctx),
@@ -81,7 +89,41 @@ async def audit(settings: Settings, *, settle_grace_s: float = 10.0) -> AuditRep
     statuses = Counter(r["status"] for r in orders.values())
     counts = {"orders": len(orders), "confirmed": statuses["CONFIRMED"],
               "cancelled": statuses["CANCELLED"], "pending": statuses["PENDING"]}
+    if tracker_urls:
+        sagas = await tracker_counts(tracker_urls)
+        counts["tracker_running"] = sagas.get("RUNNING", 0)
+        invariants.append(_tracker_agrees(ctx, sagas.get("RUNNING", 0)))
     return AuditReport(invariants, counts)
+
+
+async def tracker_counts(urls: tuple[str, ...]) -> dict[str, int]:
+    """Sum of ``/sagas/`` counts over the tracker workers (each reports its partitions)."""
+    total: Counter[str] = Counter()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        for url in urls:
+            async with http.get(url.rstrip("/") + "/sagas/") as resp:
+                resp.raise_for_status()
+                total.update((await resp.json())["counts"])
+    return dict(total)
+
+
+def _tracker_agrees(ctx: _Context, running: int) -> Invariant:
+    """A quiet system with no pending order must have no running saga either.
+
+    A saga runs in the tracker before its order reaches the orders database,
+    so running sagas only count as a violation once the database is quiet.
+    Standby copies may make one saga count twice, so only zero vs. non-zero
+    is compared.
+    """
+    inv = Invariant("tracker: no saga running once every order is terminal")
+    pending = sum(1 for o in ctx.orders.values() if o["status"] == "PENDING")
+    quiet = all(float(o["settled_s"]) >= ctx.grace_s for o in ctx.orders.values())
+    if running and not pending:
+        if quiet:
+            inv.violations.append(f"{running} saga(s) RUNNING in the tracker, none pending")
+        else:
+            inv.in_flight += running
+    return inv
 
 
 @dataclass
@@ -89,6 +131,7 @@ class _Context:
     orders: dict[str, asyncpg.Record]
     reservations: dict[str, str]
     captures: dict[str, asyncpg.Record]
+    payments: dict[str, str]
     timeout_s: float
     grace_s: float
 
@@ -121,11 +164,21 @@ def _confirmed_settled(ctx: _Context) -> Invariant:
             problems.append(f"captured {capture['amount_cents']} != {order['amount_cents']}")
         if ctx.reservations.get(order_id) != "SOLD":
             problems.append(f"reservation {ctx.reservations.get(order_id)}")
+        if ctx.payments.get(order_id) != "CHARGED":
+            problems.append(f"payment {ctx.payments.get(order_id)}")
         _classify(inv, ctx, order, order_id, problems)
     return inv
 
 
 def _cancelled_compensated(ctx: _Context) -> Invariant:
+    """No net charge and no held stock; both services must also have settled the cancel.
+
+    Every cancel reaches inventory and payments, and each records its decision
+    (a released or never-made reservation; a declined, refunded or voided
+    payment). A missing decision means the cancel is still on its way, or a
+    charge is still being made (a slow PSP): in flight within the grace period,
+    lost after it.
+    """
     inv = Invariant("cancelled: no net charge, reservation released or never made")
     for order_id, order in ctx.orders.items():
         if order["status"] != "CANCELLED":
@@ -134,10 +187,16 @@ def _cancelled_compensated(ctx: _Context) -> Invariant:
         capture = ctx.captures.get(order_id)
         if capture is not None and capture["status"] == "CAPTURED":
             problems.append("still captured")
-        if ctx.reservations.get(order_id) in ("RESERVED", "SOLD"):
-            problems.append(f"reservation {ctx.reservations[order_id]}")
+        if ctx.reservations.get(order_id) not in _CANCEL_SETTLED_RESERVATION:
+            problems.append(f"reservation {ctx.reservations.get(order_id)}")
+        if ctx.payments.get(order_id) not in _CANCEL_SETTLED_PAYMENT:
+            problems.append(f"payment {ctx.payments.get(order_id)}")
         _classify(inv, ctx, order, order_id, problems)
     return inv
+
+
+_CANCEL_SETTLED_RESERVATION = ("REJECTED", "RELEASED", "CANCELLED")
+_CANCEL_SETTLED_PAYMENT = ("DECLINED", "REFUNDED", "VOIDED")
 
 
 def _classify(inv: Invariant, ctx: _Context, order: asyncpg.Record, order_id: str,

@@ -51,7 +51,12 @@ class PaymentGateway(Protocol):
 
 
 class SimulatedGateway:
-    """A deterministic PSP: latency, a declining token and a hanging token."""
+    """A deterministic PSP: latency, a declining token, a hanging token and a slow token.
+
+    The slow token captures, but only after ``gateway_slow_ms``: with a saga
+    deadline shorter than that, the charge lands after the tracker cancelled
+    the order, which is the race the refund path has to win.
+    """
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
@@ -59,14 +64,18 @@ class SimulatedGateway:
         self._decline_token = settings.gateway_decline_token
         self._timeout_token = settings.gateway_timeout_token
         self._timeout_s = settings.gateway_timeout_s
+        self._slow_token = settings.gateway_slow_token
+        self._slow_s = settings.gateway_slow_ms / 1000
 
     async def charge(self, idempotency_key: str, amount_cents: int, token: str) -> ChargeResult:
-        """Capture unless the token declines; the hanging token never answers in time."""
+        """Capture unless the token declines; the hanging token never answers in time,
+        the slow one answers (and captures) late."""
         if token == self._timeout_token:
             await asyncio.sleep(self._timeout_s)
             raise GatewayTimeout(f"PSP did not answer within {self._timeout_s}s")
-        if self._latency_s:
-            await asyncio.sleep(self._latency_s)
+        delay = self._slow_s if token == self._slow_token else self._latency_s
+        if delay:
+            await asyncio.sleep(delay)
         status = "DECLINED" if token == self._decline_token else "CAPTURED"
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 
@@ -20,6 +22,9 @@ from stores import messaging
 from stores.db import init_connection
 
 log = logging.getLogger(__name__)
+
+HEALTHY_SESSION_S = 10.0
+PURGE_EVERY_S = 60.0
 
 Publish = Callable[[messaging.OutboxMessage], Awaitable[Awaitable[object]]]
 """Schedule one record; the returned awaitable resolves once the broker acked it."""
@@ -37,6 +42,8 @@ class OutboxRelay:
         batch_size: int = 500,
         safety_poll_s: float = 1.0,
         on_published: Callable[[int], None] | None = None,
+        crash_after_batches: int = 0,
+        retention_s: float = 3600.0,
     ) -> None:
         self._dsn = dsn
         self._lock_key = zlib.crc32(f"oms-outbox-{service}".encode())
@@ -47,6 +54,10 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self.is_leader = False
         self.connected = False
+        self._crash_after = crash_after_batches  # test-only fault hook, 0 = off: _fault_point
+        self._batches = 0
+        self._retention_s = retention_s
+        self._purged_at = 0.0
 
     def wake(self) -> None:
         """Publish now (called after an in-process commit)."""
@@ -56,11 +67,16 @@ class OutboxRelay:
         """Lead or stand by forever; reconnect with backoff when PostgreSQL goes away."""
         backoff = 0.1
         while True:
+            started = time.monotonic()
             try:
                 await self._session()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("outbox relay lost its connection (%s); retrying in %.1fs", exc, backoff)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    asyncpg.InternalClientError) as exc:  # a killed backend can raise the last
+                log.warning("outbox relay lost its connection (%s); retrying in %.1fs",
+                            exc, backoff)
                 self.is_leader = False
+                if time.monotonic() - started > HEALTHY_SESSION_S:
+                    backoff = 0.1  # a long healthy session: this is a new outage
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -76,10 +92,20 @@ class OutboxRelay:
             while True:
                 while await self._drain(conn):
                     pass
+                await self._maybe_purge(conn)
                 await self._sleep()
         finally:
             self.is_leader = self.connected = False
             await conn.close()
+
+    async def _maybe_purge(self, conn: asyncpg.Connection) -> None:
+        """Drop published rows past the retention, at most once a minute (bounded table)."""
+        if time.monotonic() - self._purged_at < PURGE_EVERY_S:
+            return
+        self._purged_at = time.monotonic()
+        purged = await messaging.purge(conn, self._retention_s)
+        if purged:
+            log.info("outbox relay purged %d published rows", purged)
 
     async def _sleep(self) -> None:
         try:
@@ -95,7 +121,19 @@ class OutboxRelay:
             return False
         acks = [await self._publish(message) for message in batch]
         await asyncio.gather(*acks)
+        self._fault_point(batch)
         await messaging.mark_sent(conn, [m.id for m in batch])
         self._on_published(len(batch))
         return len(batch) == self._batch_size
 
+    def _fault_point(self, batch: list[messaging.OutboxMessage]) -> None:
+        """Test-only: die like ``kill -9`` after publishing the n-th batch, before marking it.
+
+        The fault suite uses it to prove that the republished batch is absorbed
+        by the consumers' inboxes. Off unless the fault setting is set.
+        """
+        self._batches += 1
+        if self._crash_after and self._batches == self._crash_after:
+            log.error("fault injection: exiting after publishing batch %d (outbox ids %d..%d)"
+                      " before marking it sent", self._batches, batch[0].id, batch[-1].id)
+            os._exit(137)

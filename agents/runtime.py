@@ -80,6 +80,8 @@ class ServiceRuntime:
             service,
             self._publish,
             on_published=metrics.OUTBOX_PUBLISHED.labels(service).inc,
+            crash_after_batches=settings.fault_relay_crash_after_publish,
+            retention_s=settings.outbox_retention_s,
         )
 
     @property

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         default=2.0, gt=0, description="how long a batch waits to fill; bounds the added latency"
     )
+    table_standby_replicas: int = Field(
+        default=0, ge=0,
+        description="tracker table standbys; 0 on Tansu, whose changelog highwater can lag"
+        " what a standby already read (Faust then stops with ConsistencyError)",
+    )
     session_timeout_s: float = Field(
         default=6.0, gt=0, description="consumer session timeout; Tansu joins take about half of it"
     )
@@ -60,6 +65,9 @@ class Settings(BaseSettings):
         description="server URL without a database name; unset = embedded PostgreSQL",
     )
     database_prefix: str = Field(default="oms_", description="database name = prefix + service")
+    outbox_retention_s: float = Field(
+        default=3600.0, gt=0, description="published outbox rows are kept this long (audit)"
+    )
     pool_min_size: int = Field(default=2, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
 

@@ -1,0 +1,85 @@
+"""A slow and a hung payment gateway.
+
+The hung token never answers (the step records UNKNOWN); the slow token
+captures, but only after the saga's deadline. In both cases the tracker must
+cancel the saga and the system must compensate fully: the hung payment is
+voided, and the late capture is either refunded (it landed after the cancel)
+or refused by the PSP because the cancel's void got there first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from agents.stack import Stack
+from tests.faults.harness import all_ready, fault_stack, mixed_orders, run_scenario, simple_order
+
+pytestmark = pytest.mark.faults
+
+SAGA_TIMEOUT_S = 5.0
+SLOW_MS = 8_000.0  # longer than the saga deadline: the capture lands after the cancel
+SLOW, HUNG = 2, 2
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with fault_stack(Path(tmp_path_factory.mktemp("gateway")),
+                           saga_timeout_s=SAGA_TIMEOUT_S, gateway_slow_ms=SLOW_MS) as running:
+        yield running
+
+
+async def test_slow_and_hung_gateway(stack: Stack) -> None:
+    settings = stack.settings
+    slow = [simple_order(token=settings.gateway_slow_token) for _ in range(SLOW)]
+    hung = [simple_order(token=settings.gateway_timeout_token) for _ in range(HUNG)]
+    # the bad payments go last: the payments worker is busy while each one hangs
+    requests = mixed_orders(settings, 200) + slow + hung
+
+    async def inject() -> int:
+        await asyncio.sleep(0)
+        return SLOW + HUNG
+
+    line = await run_scenario(stack, "slow and hung payment gateway", requests, inject,
+                              rate_per_s=50.0)
+    assert line["lost"] == 0 and line["violations"] == 0
+    orders = await _orders(stack, [str(r.order_id) for r in slow + hung])
+    charges = await _charges(stack, [str(r.order_id) for r in slow + hung])
+    for request in slow + hung:
+        order = orders[str(request.order_id)]
+        assert (order["status"], order["reason"]) == ("CANCELLED", "saga timed out")
+    for request in slow:
+        # Either the capture landed after the cancel and was refunded, or the cancel's
+        # void reached the PSP first and the late capture was refused: never a net charge.
+        charge = charges[str(request.order_id)]
+        assert charge["status"] in ("REFUNDED", "VOIDED"), charge
+        if charge["status"] == "REFUNDED":
+            assert charge["created_at"] > orders[str(request.order_id)]["updated_at"], (
+                "the slow capture was expected to land after the cancel")
+    for request in hung:
+        assert charges[str(request.order_id)]["status"] == "VOIDED"
+    await all_ready(stack)
+
+
+async def _orders(stack: Stack, ids: list[str]) -> dict[str, asyncpg.Record]:
+    conn = await asyncpg.connect(stack.settings.dsn("orders"))
+    try:
+        rows = await conn.fetch("SELECT order_id::text AS id, status, reason, updated_at"
+                                " FROM orders WHERE order_id = ANY($1::uuid[])", ids)
+    finally:
+        await conn.close()
+    return {r["id"]: r for r in rows}
+
+
+async def _charges(stack: Stack, ids: list[str]) -> dict[str, asyncpg.Record]:
+    conn = await asyncpg.connect(stack.settings.dsn("payments"))
+    try:
+        rows = await conn.fetch("SELECT idempotency_key, status, created_at FROM psp_charges"
+                                " WHERE idempotency_key = ANY($1::text[])", ids)
+    finally:
+        await conn.close()
+    return {r["idempotency_key"]: r for r in rows}

@@ -1,0 +1,174 @@
+"""``oms check`` against a system with known state, then with each invariant broken on purpose.
+
+The system runs for real (one stack for the module); each corruption is made
+directly in a database, checked with the real CLI in a subprocess, and undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from agents.audit import audit
+from agents.demo import place_orders, settled_audit, wait_terminal
+from agents.stack import Stack, settings_env, start_stack
+from tests.conftest import drop_test_databases, make_settings
+
+pytestmark = pytest.mark.integration
+
+INVARIANTS = {
+    "terminal": "every order ends",
+    "confirmed": "confirmed:",
+    "cancelled": "cancelled:",
+    "stock": "per SKU",
+    "double_charge": "no order is charged twice",
+    "double_apply": "no event applied twice",
+    "tracker": "tracker:",
+}
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    running = await start_stack(make_settings(tmp_path_factory.mktemp("audit")))
+    try:
+        ids = await place_orders(running.settings, 40)
+        assert await wait_terminal(running.settings, ids, 90.0) == 0
+        assert (await settled_audit(running.settings, deadline_s=60.0)).ok
+        yield running
+    finally:
+        await running.stop()
+        await drop_test_databases(running.settings)
+
+
+async def oms_check(stack: Stack, *args: str) -> tuple[int, list[str], dict[str, Any]]:
+    """Run ``oms check`` as a process; return its exit code, invariant lines and summary."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agents.cli", "check", "--grace", "0", *args,
+        env={"PATH": "/usr/bin:/bin", **settings_env(stack.settings)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    lines = out.decode().splitlines()
+    assert lines, err.decode()
+    return proc.returncode or 0, lines[:-1], json.loads(lines[-1])
+
+
+def status_of(lines: list[str], invariant: str) -> str:
+    """``ok`` or ``FAIL`` for the invariant whose line contains ``INVARIANTS[invariant]``."""
+    for line in lines:
+        if INVARIANTS[invariant] in line:
+            return line.split()[0]
+    raise AssertionError(f"no line for {invariant}: {lines}")
+
+
+async def assert_only_failing(stack: Stack, invariant: str) -> dict[str, Any]:
+    code, lines, summary = await oms_check(stack)
+    assert code == 1, lines
+    assert status_of(lines, invariant) == "FAIL", lines
+    for other in set(INVARIANTS) - {invariant, "tracker"}:
+        assert status_of(lines, other) == "ok", (other, lines)
+    assert summary["invariants"] == "violated" and summary["violations"] >= 1
+    return summary
+
+
+async def one(stack: Stack, service: str, sql: str, *args: object) -> Any:
+    conn = await asyncpg.connect(stack.settings.dsn(service))
+    try:
+        return await conn.fetchval(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def order_with(stack: Stack, status: str, reason_like: str = "%") -> str:
+    return str(await one(stack, "orders", "SELECT order_id FROM orders WHERE status = $1"
+                         " AND coalesce(reason, '') LIKE $2 LIMIT 1", status, reason_like))
+
+
+async def test_clean_system_passes_every_invariant(stack: Stack) -> None:
+    code, lines, summary = await oms_check(stack)
+    assert code == 0, lines
+    assert all(line.startswith("ok") for line in lines if not line.startswith(" ")), lines
+    assert summary["invariants"] == "ok" and summary["violations"] == 0
+    assert summary["orders"] >= 40 and summary["in_flight"] == 0
+
+
+async def test_tracker_view_is_checked_when_given(stack: Stack) -> None:
+    code, lines, summary = await oms_check(
+        stack, "--tracker-url", stack.web_url("orchestrator-0"))
+    assert code == 0, lines
+    assert status_of(lines, "tracker") == "ok"
+    assert summary["tracker_running"] == 0
+
+
+async def test_pending_order_is_in_flight_then_a_violation(stack: Stack) -> None:
+    order_id = str(uuid.uuid4())
+    await one(stack, "orders",
+              "INSERT INTO orders (order_id, customer_id, status, amount_cents, currency, lines,"
+              " payment_token, placed_at) VALUES ($1, 'audit', 'PENDING', 100, 'EUR', '[]',"
+              " 'tok_visa', now())", order_id)
+    try:
+        code, lines, summary = await oms_check(stack)
+        assert code == 0, lines
+        assert summary["in_flight"] == 1 and summary["pending"] == 1
+        assert "(in flight: 1)" in next(x for x in lines if INVARIANTS["terminal"] in x)
+        await one(stack, "orders", "UPDATE orders SET placed_at = now() - interval '1 hour'"
+                  " WHERE order_id = $1", order_id)
+        await assert_only_failing(stack, "terminal")
+    finally:
+        await one(stack, "orders", "DELETE FROM orders WHERE order_id = $1", order_id)
+
+
+async def test_confirmed_order_without_capture(stack: Stack) -> None:
+    order_id = await order_with(stack, "CONFIRMED")
+    await one(stack, "payments", "UPDATE psp_charges SET status = 'VOIDED'"
+              " WHERE idempotency_key = $1", order_id)
+    try:
+        await assert_only_failing(stack, "confirmed")
+    finally:
+        await one(stack, "payments", "UPDATE psp_charges SET status = 'CAPTURED'"
+                  " WHERE idempotency_key = $1", order_id)
+
+
+async def test_cancelled_order_still_captured(stack: Stack) -> None:
+    order_id = await order_with(stack, "CANCELLED", "payment failed%")
+    await one(stack, "payments", "UPDATE psp_charges SET status = 'CAPTURED'"
+              " WHERE idempotency_key = $1", order_id)
+    try:
+        await assert_only_failing(stack, "cancelled")
+    finally:
+        await one(stack, "payments", "UPDATE psp_charges SET status = 'DECLINED'"
+                  " WHERE idempotency_key = $1", order_id)
+
+
+async def test_reserved_units_disagree_with_reservation_lines(stack: Stack) -> None:
+    sku = "SKU-0001"
+    await one(stack, "inventory", "UPDATE stock SET reserved = reserved + 1,"
+              " available = available - 1 WHERE sku = $1", sku)
+    try:
+        await assert_only_failing(stack, "stock")
+    finally:
+        await one(stack, "inventory", "UPDATE stock SET reserved = reserved - 1,"
+                  " available = available + 1 WHERE sku = $1", sku)
+
+
+async def test_duplicated_outbox_event(stack: Stack) -> None:
+    copy = await one(stack, "orders",
+                     "INSERT INTO outbox (topic, key, value, headers, sent_at)"
+                     " SELECT topic, key, value, headers, now() FROM outbox"
+                     " ORDER BY id LIMIT 1 RETURNING id")
+    try:
+        await assert_only_failing(stack, "double_apply")
+    finally:
+        await one(stack, "orders", "DELETE FROM outbox WHERE id = $1", copy)
+
+
+async def test_audit_api_matches_the_cli(stack: Stack) -> None:
+    report = await audit(stack.settings, settle_grace_s=0.0)
+    assert report.ok and report.in_flight == 0
+    assert len(report.invariants) == len(INVARIANTS) - 1  # the tracker needs its URL
