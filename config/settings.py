@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     # --- Saga -------------------------------------------------------------
     saga_timeout_s: float = Field(default=30.0, gt=0)
     saga_retention_s: float = Field(
-        default=600.0, gt=0, description="finished sagas stay in the tracker table this long"
+        default=120.0, gt=0, description="finished sagas stay in the tracker table this long"
     )
 
     # --- Payment gateway simulator ----------------------------------------
