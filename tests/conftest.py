@@ -11,12 +11,15 @@ import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 
 from agents.embedded import EmbeddedBroker, start_broker
+from agents.stack import Stack, start_stack
 from config import Settings
 from config.settings import DATABASE_SERVICES
 from stores.db import create_pool, prepare_database
@@ -95,6 +98,17 @@ async def drop_test_databases(settings: Settings) -> None:
             )
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def running_stack(settings: Settings, **options: Any) -> AsyncIterator[Stack]:
+    """A whole system for a test module; stopped and its databases dropped afterwards."""
+    stack = await start_stack(settings, **options)
+    try:
+        yield stack
+    finally:
+        await stack.stop()
+        await drop_test_databases(stack.settings)
 
 
 def new_order_id() -> str:

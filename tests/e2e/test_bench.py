@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from agents.bench import BenchConfig, run_bench
-from agents.stack import Stack, start_stack
+from agents.stack import Stack
 from config import SERVICES
-from tests.conftest import drop_test_databases, make_settings
+from tests.conftest import make_settings, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -31,10 +31,8 @@ KEYS = {
 async def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     settings = make_settings(tmp_path_factory.mktemp("bench"), kafka_bootstrap=broker.bootstrap,
                              topic_prefix=f"b{uuid.uuid4().hex[:6]}.")
-    running = await start_stack(settings, fresh=True)
-    yield running
-    await running.stop()
-    await drop_test_databases(settings)
+    async with running_stack(settings, fresh=True) as running:
+        yield running
 
 
 def assert_consistent(result: dict[str, Any], orders: int) -> None:

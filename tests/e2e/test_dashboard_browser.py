@@ -14,8 +14,8 @@ from agents.catalogue import REGULAR_SKUS, price_of
 from agents.client import OrderClient
 from agents.demo import wait_terminal
 from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, start_stack
-from tests.conftest import drop_test_databases, make_settings
+from agents.stack import Stack
+from tests.conftest import make_settings, running_stack
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,12 +28,8 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium chromium-driver)")
-    running = await start_stack(make_settings(tmp_path_factory.mktemp("dashboard")))
-    try:
+    async with running_stack(make_settings(tmp_path_factory.mktemp("dashboard"))) as running:
         yield running
-    finally:
-        await running.stop()
-        await drop_test_databases(running.settings)
 
 
 async def render(url: str, profile: Path, screenshot: Path | None = None) -> str:

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from agents.client import OrderClient
 from agents.demo import wait_terminal
 from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, start_stack
-from tests.conftest import drop_test_databases, make_settings
+from agents.stack import Stack
+from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -33,10 +33,8 @@ async def stack(broker, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         tmp_path_factory.mktemp("metrics"), kafka_bootstrap=broker.bootstrap,
         topic_prefix="metrics.",
     )
-    running = await start_stack(settings, fresh=True)
-    yield running
-    await running.stop()
-    await drop_test_databases(settings)
+    async with running_stack(settings, fresh=True) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 from agents.audit import audit
 from agents.client import OrderClient
 from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, start_stack
+from agents.stack import Stack
 from config import Settings
-from tests.conftest import drop_test_databases, make_settings
+from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -25,10 +25,8 @@ async def stack(broker, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         tmp_path_factory.mktemp("saga"), kafka_bootstrap=broker.bootstrap,
         topic_prefix="saga.", saga_timeout_s=4.0, gateway_timeout_s=0.3,
     )
-    running = await start_stack(settings, fresh=True)
-    yield running
-    await running.stop()
-    await drop_test_databases(settings)
+    async with running_stack(settings, fresh=True) as running:
+        yield running
 
 
 def order(token: str = "tok_visa", sku: str = "SKU-0003", qty: int = 2) -> PlaceOrderRequest:

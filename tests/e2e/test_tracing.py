@@ -17,8 +17,8 @@ import pytest
 from agents import tracing
 from agents.client import OrderClient
 from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, start_stack
-from tests.conftest import drop_test_databases, make_settings
+from agents.stack import Stack
+from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -32,11 +32,9 @@ async def stack(broker, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterat
         tmp_path_factory.mktemp("tracing"), kafka_bootstrap=broker.bootstrap,
         topic_prefix="trace.", otel_exporter="jsonl",
     )
-    running = await start_stack(settings, fresh=True)
-    tracing.setup_tracing("client", running.settings)
-    yield running
-    await running.stop()
-    await drop_test_databases(settings)
+    async with running_stack(settings, fresh=True) as running:
+        tracing.setup_tracing("client", running.settings)
+        yield running
 
 
 async def place(stack: Stack, token: str) -> str:

@@ -30,9 +30,9 @@ from agents.catalogue import REGULAR_SKUS, price_of
 from agents.client import OrderClient
 from agents.demo import demo_order, wait_terminal
 from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, start_stack, wait_ready
+from agents.stack import Stack, wait_ready
 from config import Settings
-from tests.conftest import drop_test_databases, make_settings
+from tests.conftest import make_settings, running_stack
 
 REPORTS: list[dict[str, Any]] = []
 """Every scenario's report line, printed again in the terminal summary."""
@@ -45,12 +45,8 @@ async def fault_stack(tmp: Path, workers: int = 1, **overrides: Any) -> AsyncIte
     """A whole system (own embedded broker, own databases) for one test module."""
     values: dict[str, Any] = {"saga_timeout_s": 15.0}
     values.update(overrides)
-    stack = await start_stack(make_settings(tmp, **values), workers_per_service=workers)
-    try:
+    async with running_stack(make_settings(tmp, **values), workers_per_service=workers) as stack:
         yield stack
-    finally:
-        await stack.stop()
-        await drop_test_databases(stack.settings)
 
 
 def mixed_orders(settings: Settings, count: int) -> list[PlaceOrderRequest]:

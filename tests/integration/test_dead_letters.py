@@ -20,10 +20,10 @@ from agents.catalogue import REGULAR_SKUS, price_of
 from agents.client import OrderClient
 from agents.demo import wait_terminal
 from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, settings_env, start_stack
+from agents.stack import Stack, settings_env
 from schemas.codec import encode, new_envelope
 from schemas.oms_pb2 import InventoryReserved, OrderCreated, OrderLine, PlaceOrder
-from tests.conftest import drop_test_databases, make_settings
+from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
@@ -75,12 +75,8 @@ def invalid(topic: str, order_id: str) -> tuple[bytes, str] | None:
 
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    running = await start_stack(make_settings(tmp_path_factory.mktemp("dlq")))
-    try:
+    async with running_stack(make_settings(tmp_path_factory.mktemp("dlq"))) as running:
         yield running
-    finally:
-        await running.stop()
-        await drop_test_databases(running.settings)
 
 
 async def dead_letter_counts(stack: Stack) -> dict[str, float]:

@@ -14,8 +14,8 @@ from agents.catalogue import REGULAR_SKUS, price_of
 from agents.client import OrderClient
 from agents.demo import wait_terminal
 from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, start_stack
-from tests.conftest import drop_test_databases, make_settings
+from agents.stack import Stack
+from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
@@ -31,12 +31,8 @@ TABLES = {  # table -> columns that a replay must reproduce exactly (no wall-clo
 
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    running = await start_stack(make_settings(tmp_path_factory.mktemp("replay")))
-    try:
+    async with running_stack(make_settings(tmp_path_factory.mktemp("replay"))) as running:
         yield running
-    finally:
-        await running.stop()
-        await drop_test_databases(running.settings)
 
 
 async def run_orders(stack: Stack, count: int) -> list[str]:

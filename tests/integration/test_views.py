@@ -13,10 +13,10 @@ from agents.catalogue import REGULAR_SKUS, price_of
 from agents.client import OrderClient
 from agents.demo import wait_terminal
 from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, start_stack
+from agents.stack import Stack
 from schemas.codec import encode, new_envelope
 from schemas.oms_pb2 import PaymentRefunded
-from tests.conftest import drop_test_databases, make_settings
+from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
@@ -26,12 +26,8 @@ TOKEN = "views-test-token"
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     settings = make_settings(tmp_path_factory.mktemp("views"), admin_token=TOKEN)
-    running = await start_stack(settings, workers_per_service=2)
-    try:
+    async with running_stack(settings, workers_per_service=2) as running:
         yield running
-    finally:
-        await running.stop()
-        await drop_test_databases(running.settings)
 
 
 @pytest.fixture(scope="module")
