@@ -21,7 +21,7 @@ from faust.types.tuples import Message
 from agents import metrics, tracing
 from agents.app import add_health_views, create_app
 from agents.dlq import DeadLetters
-from agents.saga import Saga, expired, overdue, transition
+from agents.saga import RUNNING, Saga, expired, expired_data, overdue, transition
 from agents.topics import (
     DEAD_LETTERS,
     INVENTORY_EVENTS,
@@ -114,6 +114,8 @@ class Tracker:
         """Time out overdue sagas and drop long-finished ones from the table."""
         now = now_ms()
         for key, data in list(self.sagas.items()):
+            if data["status"] != RUNNING and not expired_data(data, now, self.retention_ms):
+                continue  # most rows: finished and still retained; skip building a Saga
             saga = Saga.from_dict(data)
             if overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
                 self._timeouts_sent[key] = now
