@@ -37,6 +37,20 @@ SOURCES = (ORDER_EVENTS,)
 HANDLED = frozenset({"OrderCreated", "OrderConfirmed", "OrderCancelled"})
 
 
+class InventoryStep:
+    """The inventory step; a transaction first locks all the stock rows it will touch."""
+
+    async def lock(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
+        """Lock, in SKU order, the rows of every line being reserved, sold or released."""
+        skus = {line.sku for e in envelopes if e.type == "OrderCreated"
+                for line in e.order_created.lines}
+        settling = [e.order_id for e in envelopes if e.type != "OrderCreated"]
+        await inventory.lock_stock(conn, sorted(skus), settling)
+
+    async def __call__(self, conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
+        return await handle(conn, envelope)
+
+
 async def handle(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """The inventory step for one event (inside the step transaction)."""
     if envelope.type == "OrderCreated":
@@ -110,7 +124,7 @@ def build(settings: Settings) -> faust.App:
     """The inventory Faust app."""
 
     def handler_factory(pool: asyncpg.Pool) -> Handler:
-        return handle
+        return InventoryStep()
 
     app, runtime = service_app(
         SERVICE, settings, sources=SOURCES, output=INVENTORY_EVENTS, handled=HANDLED,

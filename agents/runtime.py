@@ -20,7 +20,14 @@ from faust.types.tuples import Message
 from agents import metrics, tracing
 from agents.dlq import DeadLetters
 from agents.relay import OutboxRelay
-from agents.step import Handler, InvalidEvent, StepResult, apply_step, run_step
+from agents.step import (
+    Handler,
+    InvalidEvent,
+    StepResult,
+    apply_step,
+    lock_rows,
+    run_step,
+)
 from agents.topics import DEAD_LETTERS
 from config import Settings
 from schemas.codec import DecodeError, decode
@@ -196,6 +203,7 @@ class ServiceRuntime:
         results: list[StepResult] = []
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = await messaging.claim_many(conn, [(e.event_id, e.type) for e, _ in work])
+            await lock_rows(conn, self._handler, [e for e, _ in work if e.event_id in fresh])
             for envelope, message in work:
                 if envelope.event_id not in fresh:
                     results.append(StepResult(applied=False))

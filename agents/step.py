@@ -34,6 +34,18 @@ class StepResult:
     outbox: list[messaging.OutboxMessage] = field(default_factory=list)
 
 
+async def lock_rows(conn: asyncpg.Connection, handler: Handler, envelopes: list[Envelope]) -> None:
+    """Let the handler lock every row the transaction will touch, in one global order.
+
+    Two workers' batch transactions that lock shared rows (inventory's stock)
+    in different orders deadlock, and PostgreSQL only notices after
+    ``deadlock_timeout`` (1 s). Locking up front, sorted, makes them queue instead.
+    """
+    lock = getattr(handler, "lock", None)
+    if lock is not None and envelopes:
+        await lock(conn, envelopes)
+
+
 async def run_step(
     conn: asyncpg.Connection,
     envelope: Envelope,
@@ -67,6 +79,7 @@ async def apply_step(
 ) -> StepResult:
     """Apply ``envelope`` exactly once in its own transaction and stage what it emits."""
     async with pool.acquire() as conn, conn.transaction():
+        await lock_rows(conn, handler, [envelope])
         result = await run_step(conn, envelope, handler, out_topic, headers)
         await messaging.enqueue(conn, result.outbox)
     return result

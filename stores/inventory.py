@@ -36,6 +36,17 @@ async def reservation_status(conn: asyncpg.Connection, order_id: str) -> str | N
     return str(status) if status is not None else None
 
 
+async def lock_stock(conn: asyncpg.Connection, skus: list[str], settling: list[str]) -> None:
+    """Lock the stock rows of ``skus`` and of the orders in ``settling``, in SKU order."""
+    await conn.execute(
+        "SELECT 1 FROM stock WHERE sku = ANY($1::text[])"
+        " OR sku IN (SELECT sku FROM reservation_lines WHERE order_id = ANY($2::uuid[]))"
+        " ORDER BY sku FOR UPDATE",
+        skus,
+        settling,
+    )
+
+
 async def reserve(
     conn: asyncpg.Connection, order_id: str, quantities: Mapping[str, int]
 ) -> ReserveOutcome:
