@@ -88,7 +88,13 @@ class Settings(BaseSettings):
     gateway_slow_ms: float = Field(default=10_000.0, ge=0)
 
     # --- Web / operators ----------------------------------------------------
-    web_host: str = "127.0.0.1"
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="host name other workers and table routes use to reach this worker",
+    )
+    web_bind: str | None = Field(
+        default=None, description="interface to listen on (default web_host; containers 0.0.0.0)"
+    )
     web_port_base: int = Field(
         default=6066, description="orders, inventory, payments, tracker in order"
     )

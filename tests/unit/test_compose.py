@@ -96,7 +96,8 @@ def test_every_service_runs_its_worker_with_its_port(
         assert port in container_ports(service), f"{name}: port {port} not mapped"
         probe = " ".join(command_of({"command": service["healthcheck"]["test"]}))
         assert f":{port}/health/" in probe, f"{name}: healthcheck misses port {port}"
-        assert env_of(service)["OMS_WEB_HOST"] == "0.0.0.0"
+        assert env_of(service)["OMS_WEB_BIND"] == "0.0.0.0"
+        assert env_of(service)["OMS_WEB_HOST"] == name  # where table routes redirect
 
     workers = [n for n, s in services.items() if command_of(s)[:1] == ["worker"]]
     assert sorted(workers) == sorted(SERVICES)
