@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from pydantic import SecretStr
 
 from agents.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
 from agents.supervisor import ChildSpec, Supervisor
@@ -124,7 +125,7 @@ def _start_embedded(
         settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
     if not settings.database_url:
         postgres = start_postgres(data_dir)
-        settings = settings.model_copy(update={"database_url": postgres.url})
+        settings = settings.model_copy(update={"database_url": SecretStr(postgres.url)})
     return settings, broker, postgres
 
 

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     )
 
     # --- PostgreSQL -------------------------------------------------------
-    database_url: str | None = Field(
+    database_url: SecretStr | None = Field(
         default=None,
         description="server URL without a database name; unset = embedded PostgreSQL",
     )
@@ -127,14 +127,16 @@ class Settings(BaseSettings):
         """Connection URL of any database on the configured server."""
         if self.database_url is None:
             raise RuntimeError("OMS_DATABASE_URL is not set; start the stack with `oms up`")
-        base, _, query = self.database_url.partition("?")
+        base, _, query = self.database_url.get_secret_value().partition("?")
         base = base.rstrip("/")
         dsn = f"{base}/{database}"
         return f"{dsn}?{query}" if query else dsn
 
     def redacted_database_url(self) -> str | None:
         """``database_url`` with any password replaced by ``***`` (for logs and banners)."""
-        return redact_url(self.database_url) if self.database_url else None
+        if self.database_url is None:
+            return None
+        return redact_url(self.database_url.get_secret_value())
 
     def topic(self, name: str) -> str:
         """Full topic name, e.g. ``topic('order-events') == 'oms.order-events'``."""
