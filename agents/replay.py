@@ -75,11 +75,6 @@ class PartitionPlan:
         return {**asdict(self), "reread": self.reread}
 
 
-def group_id(service: str) -> str:
-    """The Faust app id of a service, which is also its consumer group."""
-    return f"oms-{service}"
-
-
 def service_sources(service: str, settings: Settings) -> list[str]:
     """Full names of the topics a service consumes (its module's ``SOURCES``)."""
     if service not in SERVICES:
@@ -93,7 +88,7 @@ async def group_members(settings: Settings, service: str) -> list[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
-        return await _members(admin, group_id(service))
+        return await _members(admin, settings.app_id(service))
     finally:
         await admin.close()
 
@@ -112,7 +107,7 @@ async def evict_stale_members(settings: Settings, service: str) -> list[str]:
     Only for workers the operator has stopped (see the module notes on Tansu).
     Returns the evicted member ids.
     """
-    group = group_id(service)
+    group = settings.app_id(service)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -124,17 +119,20 @@ async def evict_stale_members(settings: Settings, service: str) -> list[str]:
         while time.monotonic() < deadline:
             rejoined = await _members(admin, group)
             if rejoined:
-                raise ReplayRefused(_live_message(service, rejoined, rejoined_after_evict=True))
+                raise ReplayRefused(
+                    _live_message(group, service, rejoined, rejoined_after_evict=True))
             await asyncio.sleep(0.2)
         return evicted
     finally:
         await admin.close()
 
 
-def _live_message(service: str, members: list[str], *, rejoined_after_evict: bool) -> str:
+def _live_message(
+    group: str, service: str, members: list[str], *, rejoined_after_evict: bool
+) -> str:
     what = "rejoined after eviction, so they are live" if rejoined_after_evict else "are listed"
     return (
-        f"consumer group {group_id(service)} has {len(members)} member(s) that {what}: "
+        f"consumer group {group} has {len(members)} member(s) that {what}: "
         f"{', '.join(members)}. Stop every `oms worker {service}` process first (Ctrl-C "
         f"`oms up`, or stop the {service} containers), then run the replay again. On a broker "
         "that does not expire the members of stopped consumers (the embedded Tansu broker), "
@@ -171,7 +169,8 @@ async def replay(
     """Commit the target offsets for the service's group; refuse while it has members."""
     members = await group_members(settings, service)
     if members and not evict_stale:
-        raise ReplayRefused(_live_message(service, members, rejoined_after_evict=False))
+        raise ReplayRefused(_live_message(settings.app_id(service), service, members,
+                                          rejoined_after_evict=False))
     if members:
         await evict_stale_members(settings, service)
     consumer = _consumer(settings, service)
@@ -202,7 +201,7 @@ def _consumer(settings: Settings, service: str) -> AIOKafkaConsumer:
     """A consumer in the service's group that never joins it (manual assignment)."""
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=group_id(service),
+        group_id=settings.app_id(service),  # the Faust app id is the group
         enable_auto_commit=False,
     )
 

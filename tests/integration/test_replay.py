@@ -31,7 +31,9 @@ TABLES = {  # table -> columns that a replay must reproduce exactly (no wall-clo
 
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    async with running_stack(make_settings(tmp_path_factory.mktemp("replay"))) as running:
+    # A non-default prefix: the consumer groups are namespaced like the topics.
+    settings = make_settings(tmp_path_factory.mktemp("replay"), topic_prefix="replay.")
+    async with running_stack(settings) as running:
         yield running
 
 
@@ -78,7 +80,7 @@ async def restart_worker(stack: Stack) -> None:
 
 
 async def test_replay_refuses_while_the_worker_runs(stack: Stack) -> None:
-    with pytest.raises(replay.ReplayRefused, match="oms-inventory has 1 member"):
+    with pytest.raises(replay.ReplayRefused, match="replay-inventory has 1 member"):
         await replay.replay(stack.settings, SERVICE, replay.Target(earliest=True))
     with pytest.raises(replay.ReplayRefused, match="rejoined after eviction"):
         await replay.replay(stack.settings, SERVICE, replay.Target(earliest=True),
