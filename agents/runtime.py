@@ -2,7 +2,7 @@
 
 Decode, apply the step with retries, dead-letter what cannot be applied, time
 and count it. Faust acknowledges a message even when the agent raises, so no
-exception may escape :meth:`ServiceRuntime.process`: transient failures are
+exception may escape :meth:`ServiceRuntime.process_batch`: transient failures are
 retried before the offset can move, permanent ones go to the dead-letter topic.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import asyncpg
 from faust.types import AppT
@@ -20,14 +21,7 @@ from faust.types.tuples import Message
 from agents import metrics, tracing
 from agents.dlq import DeadLetters
 from agents.relay import OutboxRelay
-from agents.step import (
-    Handler,
-    InvalidEvent,
-    StepResult,
-    apply_step,
-    lock_rows,
-    run_step,
-)
+from agents.step import Handler, InvalidEvent, StepResult, apply_steps
 from agents.topics import DEAD_LETTERS
 from config import Settings
 from schemas.codec import DecodeError, decode
@@ -118,38 +112,16 @@ class ServiceRuntime:
                     delay = min(delay * 2, MAX_BACKOFF_S)
             self._handler = self._handler_factory(self._pool)
 
-    async def process(self, message: Message) -> str:
-        """Apply one Kafka message; returns ``applied``, ``duplicate`` or ``dead_letter``."""
-        await self.start()
-        try:
-            envelope = decode(message.value)
-        except DecodeError as exc:
-            await self.dead_letter(message, f"undecodable: {exc}")
-            return self._count("unknown", "dead_letter")
-        if envelope.type not in self.handled:
-            return "ignored"  # e.g. orders reads InventoryReserved but has nothing to do
-        started = time.perf_counter()
-        with tracing.consuming(self.service, envelope, message.topic, message.headers,
-                               message.partition, message.offset) as span:
-            result = await self._apply(envelope, message)
-            span.set_attribute("oms.result", result)
-        metrics.HANDLER_SECONDS.labels(self.service, envelope.type).observe(
-            time.perf_counter() - started
-        )
-        return self._count(envelope.type, result)
-
     async def process_batch(self, messages: list[Message]) -> None:
         """Apply a batch of Kafka messages in one transaction (one commit, one fsync).
 
-        Each event is still claimed in the inbox on its own, so duplicates inside
-        or across batches are skipped. If any event cannot be applied, the batch
-        is rolled back and replayed one event at a time, so only that event is
-        dead-lettered and the rest commit normally.
+        Undecodable messages are dead-lettered first; events this service does
+        not handle are skipped. Each event is still claimed in the inbox on its
+        own, so duplicates inside or across batches are no-ops.
         """
         await self.start()
         metrics.BATCH_SIZE.labels(self.service).observe(len(messages))
-        work: list[tuple[Envelope, Message]] = []
-        seen: set[str] = set()
+        work: dict[str, tuple[Envelope, Message]] = {}  # by event id: a repeat is a duplicate
         for message in messages:
             try:
                 envelope = decode(message.value)
@@ -159,96 +131,78 @@ class ServiceRuntime:
                 continue
             if envelope.type not in self.handled:
                 self._count(envelope.type, "ignored")
-                continue
-            if envelope.event_id in seen:  # the same event twice in one batch
+            elif envelope.event_id in work:
                 self._count(envelope.type, "duplicate")
-                continue
-            seen.add(envelope.event_id)
-            work.append((envelope, message))
-        if len(work) == 1:
-            await self.process(work[0][1])
-        elif work:
-            await self._apply_batch_or_split(work)
+            else:
+                work[envelope.event_id] = (envelope, message)
+        if work:
+            await self._apply_or_split(list(work.values()))
 
-    async def _apply_batch_or_split(self, work: list[tuple[Envelope, Message]]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                results = await self._apply_batch(work)
-                break
-            except TRANSIENT_ERRORS as exc:
-                metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
-                log.warning("%s: %s on a batch of %d, retrying in %.2fs", self.service,
-                            type(exc).__name__, len(work), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-            except Exception:  # noqa: BLE001 - one bad event: replay singly to isolate it
-                log.info("%s: batch of %d failed; applying its events one by one",
-                         self.service, len(work))
-                for _, message in work:
-                    await self.process(message)
+    async def _apply_or_split(self, work: list[tuple[Envelope, Message]]) -> None:
+        """Apply ``work``; if it cannot be applied, split it until the bad event stands alone.
+
+        A lone event that still fails is dead-lettered, so one poison event
+        costs its batch a retry one by one and never stalls the partition.
+        """
+        try:
+            results = await self._apply_with_retry(work)
+        except Exception as exc:  # noqa: BLE001 - isolated below, then dead-lettered
+            if len(work) > 1:
+                log.info("%s: batch of %d failed (%s); applying its events one by one",
+                         self.service, len(work), type(exc).__name__)
+                for item in work:
+                    await self._apply_or_split([item])
                 return
+            await self._dead_letter_failed(*work[0], exc)
+            return
         self.relay.wake()
         for (envelope, _), step in zip(work, results, strict=True):
             self._count(envelope.type, "applied" if step.applied else "duplicate")
             if step.applied and self._on_committed is not None:
                 self._on_committed(step.emitted)
 
-    async def _apply_batch(self, work: list[tuple[Envelope, Message]]) -> list[StepResult]:
-        """One transaction: claim all, apply each under its own spans, stage all."""
+    async def _apply_with_retry(self, work: list[tuple[Envelope, Message]]) -> list[StepResult]:
+        """Retry transient failures (database restarts, killed backends) with backoff."""
         assert self._handler is not None
-        prepare = getattr(self._handler, "prepare", None)
-        if prepare is not None:  # e.g. payments starts the batch's PSP calls concurrently
-            await prepare([envelope for envelope, _ in work])
-        results: list[StepResult] = []
-        async with self.pool.acquire() as conn, conn.transaction():
-            fresh = await messaging.claim_many(conn, [(e.event_id, e.type) for e, _ in work])
-            await lock_rows(conn, self._handler, [e for e, _ in work if e.event_id in fresh])
-            for envelope, message in work:
-                if envelope.event_id not in fresh:
-                    results.append(StepResult(applied=False))
-                    continue
-                started = time.perf_counter()
-                with tracing.consuming(self.service, envelope, message.topic, message.headers,
-                                       message.partition, message.offset) as span:
-                    step = await run_step(conn, envelope, self._handler, self.out_topic,
-                                          tracing.current_headers(), claimed=True)
-                    span.set_attribute("oms.result", "applied")
-                metrics.HANDLER_SECONDS.labels(self.service, envelope.type).observe(
-                    time.perf_counter() - started)
-                results.append(step)
-            await messaging.enqueue(conn, [m for r in results for m in r.outbox])
-        return results
-
-    async def _apply(self, envelope: Envelope, message: Message) -> str:
-        assert self._handler is not None
+        messages = {envelope.event_id: message for envelope, message in work}
         delay = 0.05
         while True:
             try:
-                step: StepResult = await apply_step(
-                    self.pool, envelope, self._handler, self.out_topic,
-                    headers=tracing.current_headers(),  # the outbox rows continue this trace
+                return await apply_steps(
+                    self.pool, [envelope for envelope, _ in work], self._handler,
+                    self.out_topic, lambda envelope: self._handling(envelope, messages),
                 )
-            except InvalidEvent as exc:
-                await self.dead_letter(message, f"invalid {envelope.type}: {exc}")
-                return "dead_letter"
             except TRANSIENT_ERRORS as exc:
                 metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
-                log.warning("%s: %s on %s, retrying in %.2fs", self.service,
-                            type(exc).__name__, envelope.type, delay)
+                log.warning("%s: %s on a batch of %d, retrying in %.2fs", self.service,
+                            type(exc).__name__, len(work), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a handler bug must not stall the partition
-                log.exception("%s: handler failed on %s", self.service, envelope.type)
-                await self.dead_letter(message, f"handler error: {type(exc).__name__}: {exc}")
-                return "dead_letter"
-            if step.applied:
-                self.relay.wake()
-                if self._on_committed is not None:
-                    self._on_committed(step.emitted)
-                return "applied"
-            return "duplicate"
+
+    @contextmanager
+    def _handling(
+        self, envelope: Envelope, messages: dict[str, Message]
+    ) -> Iterator[dict[str, str]]:
+        """One event's spans and handler timing; yields the trace context for its outbox rows."""
+        message = messages[envelope.event_id]
+        started = time.perf_counter()
+        with tracing.consuming(self.service, envelope, message.topic, message.headers,
+                               message.partition, message.offset) as span:
+            yield tracing.current_headers()
+            span.set_attribute("oms.result", "applied")
+        metrics.HANDLER_SECONDS.labels(self.service, envelope.type).observe(
+            time.perf_counter() - started)
+
+    async def _dead_letter_failed(
+        self, envelope: Envelope, message: Message, exc: Exception
+    ) -> None:
+        if isinstance(exc, InvalidEvent):
+            reason = f"invalid {envelope.type}: {exc}"
+        else:
+            log.error("%s: handler failed on %s", self.service, envelope.type, exc_info=exc)
+            reason = f"handler error: {type(exc).__name__}: {exc}"
+        await self.dead_letter(message, reason)
+        self._count(envelope.type, "dead_letter")
 
     def _count(self, event_type: str, result: str) -> str:
         metrics.EVENTS.labels(self.service, event_type, result).inc()

@@ -8,7 +8,8 @@ share one transaction (a batch); each is still claimed in the inbox on its own.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -34,7 +35,56 @@ class StepResult:
     outbox: list[messaging.OutboxMessage] = field(default_factory=list)
 
 
-async def lock_rows(conn: asyncpg.Connection, handler: Handler, envelopes: list[Envelope]) -> None:
+Tracing = Callable[[Envelope], AbstractContextManager[dict[str, str]]]
+"""Wraps one event's handling (e.g. in its spans); yields the headers its outbox rows carry."""
+
+
+@contextmanager
+def _untraced(envelope: Envelope) -> Iterator[dict[str, str]]:
+    yield {}
+
+
+async def apply_steps(
+    pool: asyncpg.Pool,
+    envelopes: list[Envelope],
+    handler: Handler,
+    out_topic: str,
+    around: Tracing = _untraced,
+) -> list[StepResult]:
+    """Apply events exactly once in ONE transaction and stage what they emit.
+
+    Every event is claimed in the inbox (one statement for the batch); one
+    already claimed is a duplicate and is skipped. The handler may define
+    ``prepare(envelopes)`` (started before the transaction, e.g. the PSP calls)
+    and ``lock(conn, envelopes)`` (rows it will touch, locked in one order).
+    """
+    prepare = getattr(handler, "prepare", None)
+    if prepare is not None:
+        await prepare(envelopes)
+    results: list[StepResult] = []
+    async with pool.acquire() as conn, conn.transaction():
+        fresh = await messaging.claim_many(conn, [(e.event_id, e.type) for e in envelopes])
+        await _lock_rows(conn, handler, [e for e in envelopes if e.event_id in fresh])
+        for envelope in envelopes:
+            if envelope.event_id not in fresh:
+                results.append(StepResult(applied=False))
+                continue
+            with around(envelope) as headers:
+                results.append(await _run_step(conn, envelope, handler, out_topic, headers))
+        await messaging.enqueue(conn, [m for r in results for m in r.outbox])
+    return results
+
+
+async def apply_step(
+    pool: asyncpg.Pool, envelope: Envelope, handler: Handler, out_topic: str
+) -> StepResult:
+    """Apply one event in its own transaction (:func:`apply_steps` with one event)."""
+    return (await apply_steps(pool, [envelope], handler, out_topic))[0]
+
+
+async def _lock_rows(
+    conn: asyncpg.Connection, handler: Handler, envelopes: list[Envelope]
+) -> None:
     """Let the handler lock every row the transaction will touch, in one global order.
 
     Two workers' batch transactions that lock shared rows (inventory's stock)
@@ -46,40 +96,17 @@ async def lock_rows(conn: asyncpg.Connection, handler: Handler, envelopes: list[
         await lock(conn, envelopes)
 
 
-async def run_step(
+async def _run_step(
     conn: asyncpg.Connection,
     envelope: Envelope,
     handler: Handler,
     out_topic: str,
-    headers: dict[str, str] | None = None,
-    *,
-    claimed: bool = False,
+    headers: dict[str, str],
 ) -> StepResult:
-    """Inside an open transaction: claim the event, apply it, return what to stage.
-
-    ``claimed`` says the caller already inserted the inbox row (a batch claims
-    all its events in one statement).
-    """
-    if not claimed and not await messaging.claim(conn, envelope.event_id, envelope.type):
-        return StepResult(applied=False)
+    """Apply one claimed event inside the open transaction; return what to stage."""
     emitted = await handler(conn, envelope)
     outbox = [
-        messaging.OutboxMessage(out_topic, e.order_id.encode(), encode(e), headers or {})
+        messaging.OutboxMessage(out_topic, e.order_id.encode(), encode(e), headers)
         for e in emitted
     ]
     return StepResult(True, emitted, outbox)
-
-
-async def apply_step(
-    pool: asyncpg.Pool,
-    envelope: Envelope,
-    handler: Handler,
-    out_topic: str,
-    headers: dict[str, str] | None = None,
-) -> StepResult:
-    """Apply ``envelope`` exactly once in its own transaction and stage what it emits."""
-    async with pool.acquire() as conn, conn.transaction():
-        await lock_rows(conn, handler, [envelope])
-        result = await run_step(conn, envelope, handler, out_topic, headers)
-        await messaging.enqueue(conn, result.outbox)
-    return result

@@ -25,17 +25,6 @@ class OutboxMessage:
     id: int = 0
 
 
-async def claim(conn: asyncpg.Connection, event_id: str, event_type: str) -> bool:
-    """Record an incoming event; False means it was applied before (a duplicate)."""
-    inserted = await conn.fetchval(
-        "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2)"
-        " ON CONFLICT (event_id) DO NOTHING RETURNING true",
-        event_id,
-        event_type,
-    )
-    return bool(inserted)
-
-
 async def claim_many(conn: asyncpg.Connection, events: Sequence[tuple[str, str]]) -> set[str]:
     """Record a batch of (event id, type); return the ids not applied before."""
     rows = await conn.fetch(

@@ -1,0 +1,87 @@
+"""A batch with one poison event: the rest commit, only the bad one is dead-lettered.
+
+Runs ``ServiceRuntime.process_batch`` of the orders service against real
+PostgreSQL. The dead-letter sink is a recording stand-in with the same
+``publish`` method (publishing to Kafka is covered by test_dead_letters.py);
+what is checked here is the runtime's batching, splitting and inbox.
+"""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+import pytest
+from faust.types.tuples import Message
+
+from agents import orders
+from agents.app import create_app
+from agents.runtime import ServiceRuntime
+from agents.topics import ORDER_EVENTS
+from config import Settings
+from schemas.codec import encode
+from schemas.oms_pb2 import PlaceOrder
+from tests.conftest import new_order_id
+from tests.helpers import envelope, lines, outbox_types
+
+pytestmark = pytest.mark.integration
+
+
+class RecordingDeadLetters:
+    def __init__(self) -> None:
+        self.parked: list[tuple[bytes | None, str]] = []
+
+    async def publish(self, message: Message, reason: str) -> None:
+        self.parked.append((message.value, reason))
+
+
+def kafka_message(value: bytes, offset: int) -> Message:
+    return Message("oms.order-commands", 0, offset, time.time(), 0, [], b"k", value, None)
+
+
+def place(order_id: str, quantity: int = 1) -> bytes:
+    body = PlaceOrder(customer_id="c", payment_token="tok_visa", lines=lines(("SKU-0001", 1)))
+    body.lines[0].quantity = quantity
+    return encode(envelope(order_id, body))
+
+
+@pytest.fixture(scope="module")  # one Faust app per process: its Prometheus metrics are global
+async def runtime(pools: dict[str, asyncpg.Pool], db_settings: Settings) -> ServiceRuntime:
+    app = create_app("orders", db_settings)
+    runtime = ServiceRuntime(app, db_settings, "orders", lambda pool: orders.handle,
+                             ORDER_EVENTS, orders.HANDLED)
+    return runtime
+
+
+@pytest.fixture(autouse=True)
+def fresh_dead_letters(runtime: ServiceRuntime) -> None:
+    runtime.dead_letters = RecordingDeadLetters()  # type: ignore[assignment]
+
+
+async def test_a_poison_event_is_isolated_and_the_rest_of_its_batch_commits(
+    runtime: ServiceRuntime, pools: dict[str, asyncpg.Pool]
+) -> None:
+    good, other, poison = new_order_id(), new_order_id(), new_order_id()
+    first = place(good)
+    batch = [first, place(poison, quantity=-2), b"\xff not protobuf", place(other), first]
+    await runtime.process_batch([kafka_message(v, i) for i, v in enumerate(batch)])
+
+    parked = runtime.dead_letters.parked  # type: ignore[attr-defined]
+    assert [reason.split(":")[0] for _, reason in parked] == ["undecodable", "invalid PlaceOrder"]
+    assert "lines[0].quantity" in parked[1][1] and parked[1][0] == batch[1]
+    statuses = await pools["orders"].fetch(
+        "SELECT order_id::text AS id FROM orders WHERE order_id = ANY($1::uuid[])",
+        [good, other, poison])
+    assert {r["id"] for r in statuses} == {good, other}
+    assert await outbox_types(pools["orders"], good) == ["OrderCreated"]  # once, not twice
+
+
+async def test_a_redelivered_batch_changes_nothing(
+    runtime: ServiceRuntime, pools: dict[str, asyncpg.Pool]
+) -> None:
+    oid = new_order_id()
+    batch = [kafka_message(place(oid), 0)]
+    await runtime.process_batch(batch)
+    await runtime.process_batch(batch)
+    assert await outbox_types(pools["orders"], oid) == ["OrderCreated"]
+    assert runtime.dead_letters.parked == []  # type: ignore[attr-defined]
