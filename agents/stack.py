@@ -81,13 +81,14 @@ async def start_stack(
 ) -> Stack:
     """Start everything and return once every worker reports ready.
 
-    ``fresh`` drops the service databases first; by default it does so only
-    when the broker is embedded, because an in-memory broker starts empty and
-    old database state would no longer match it.
+    ``fresh`` drops the service databases first. By default it does so only
+    when both broker and PostgreSQL are embedded (an in-memory broker starts
+    empty, so old database state would no longer match it); databases on a
+    configured server are never dropped unless asked for.
     """
     settings, broker, postgres = _start_embedded(settings)
     data_dir = Path(settings.data_dir)
-    if fresh if fresh is not None else broker is not None:
+    if fresh if fresh is not None else broker is not None and postgres is not None:
         await drop_databases(settings)
     await init_system(settings)
     stack = Stack(settings, Supervisor(data_dir / "logs"), broker=broker, postgres=postgres)
