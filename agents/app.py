@@ -40,6 +40,7 @@ def create_app(service: str, settings: Settings, *, faust_sensor: bool = True) -
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         table_standby_replicas=settings.table_standby_replicas,
+        recovery_consistency_check=settings.table_consistency_check,
         web_host=settings.web_host,
         web_bind=settings.web_bind or settings.web_host,
         web_port=settings.web_port(service),

@@ -52,8 +52,14 @@ class Settings(BaseSettings):
     )
     table_standby_replicas: int = Field(
         default=0, ge=0,
-        description="tracker table standbys; 0 on Tansu, whose changelog highwater can lag"
-        " what a standby already read (Faust then stops with ConsistencyError)",
+        description="tracker table standbys; raise on Kafka for faster failover",
+    )
+    table_consistency_check: bool = Field(
+        default=False,
+        description="Faust's check that a table's read offset is not past the changelog"
+        " highwater. It guards RocksDB files against wiped topics; the tracker's table is"
+        " in memory, and Tansu's highwater can be one short of what was read (the check"
+        " then crashes the worker on a rebalance with ConsistencyError).",
     )
     session_timeout_s: float = Field(
         default=6.0, gt=0, description="consumer session timeout; Tansu joins take about half of it"
