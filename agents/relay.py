@@ -3,7 +3,8 @@
 Only the worker holding the service's advisory lock publishes, so two workers
 never interleave; the other stands by and takes over when the holder's
 connection dies. The relay wakes on the NOTIFY every step transaction sends at
-commit, with a slow poll only as a safety net. A crash between publish and
+commit (or directly, for a commit in its own process), with a slow poll only
+as a safety net. A crash between publish and
 ``mark_sent`` republishes a few records, which the consumers' inboxes absorb.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 import zlib
 from collections.abc import Awaitable, Callable
 
@@ -52,6 +54,9 @@ class OutboxRelay:
         self._safety_poll_s = safety_poll_s
         self._on_published = on_published or (lambda n: None)
         self._wake = asyncio.Event()
+        self.origin = uuid.uuid4().hex
+        """Steps that :meth:`wake` this relay in-process pass this to ``enqueue``; its
+        NOTIFY then wakes only the other workers' relays, not this one a second time."""
         self.is_leader = False
         self.connected = False
         self._crash_after = crash_after_batches  # test-only fault hook, 0 = off: _fault_point
@@ -85,7 +90,7 @@ class OutboxRelay:
         try:
             await init_connection(conn)
             self.connected = True
-            await conn.add_listener(messaging.OUTBOX_CHANNEL, lambda *_: self._wake.set())
+            await conn.add_listener(messaging.OUTBOX_CHANNEL, self._on_notify)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                 await self._sleep()
             self.is_leader = True
@@ -97,6 +102,10 @@ class OutboxRelay:
         finally:
             self.is_leader = self.connected = False
             await conn.close()
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, origin: str) -> None:
+        if origin != self.origin:
+            self._wake.set()
 
     async def _maybe_purge(self, conn: asyncpg.Connection) -> None:
         """Drop published rows past the retention, at most once a minute (bounded table)."""

@@ -171,6 +171,7 @@ class ServiceRuntime:
                 return await apply_steps(
                     self.pool, [envelope for envelope, _ in work], self._handler,
                     self.out_topic, lambda envelope: self._handling(envelope, messages),
+                    origin=self.relay.origin,
                 )
             except TRANSIENT_ERRORS as exc:
                 metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()

@@ -50,6 +50,7 @@ async def apply_steps(
     handler: Handler,
     out_topic: str,
     around: Tracing = _untraced,
+    origin: str = "",
 ) -> list[StepResult]:
     """Apply events exactly once in ONE transaction and stage what they emit.
 
@@ -57,6 +58,7 @@ async def apply_steps(
     already claimed is a duplicate and is skipped. The handler may define
     ``prepare(envelopes)`` (started before the transaction, e.g. the PSP calls)
     and ``lock(conn, envelopes)`` (rows it will touch, locked in one order).
+    ``origin`` names the relay the caller wakes itself (see ``messaging.enqueue``).
     """
     prepare = getattr(handler, "prepare", None)
     if prepare is not None:
@@ -71,7 +73,7 @@ async def apply_steps(
                 continue
             with around(envelope) as headers:
                 results.append(await _run_step(conn, envelope, handler, out_topic, headers))
-        await messaging.enqueue(conn, [m for r in results for m in r.outbox])
+        await messaging.enqueue(conn, [m for r in results for m in r.outbox], origin)
     return results
 
 

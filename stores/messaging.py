@@ -37,15 +37,28 @@ async def claim_many(conn: asyncpg.Connection, events: Sequence[tuple[str, str]]
     return {str(r["event_id"]) for r in rows}
 
 
-async def enqueue(conn: asyncpg.Connection, messages: Sequence[OutboxMessage]) -> None:
-    """Add outgoing records and wake the relays of every worker on commit."""
+async def enqueue(
+    conn: asyncpg.Connection, messages: Sequence[OutboxMessage], origin: str = ""
+) -> None:
+    """Add outgoing records and wake the relays of every worker on commit.
+
+    One statement inserts the rows (in list order) and queues the NOTIFY. Its
+    payload names the ``origin`` relay, which is woken in-process and ignores it.
+    """
     if not messages:
         return
-    await conn.executemany(
-        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4)",
-        [(m.topic, m.key, m.value, m.headers) for m in messages],
+    await conn.execute(
+        "WITH added AS (INSERT INTO outbox (topic, key, value, headers)"
+        " SELECT t, k, v, h FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])"
+        " WITH ORDINALITY AS m(t, k, v, h, n) ORDER BY n RETURNING 1)"
+        " SELECT pg_notify($5, $6) FROM added LIMIT 1",
+        [m.topic for m in messages],
+        [m.key for m in messages],
+        [m.value for m in messages],
+        [m.headers for m in messages],
+        OUTBOX_CHANNEL,
+        origin,
     )
-    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
 
 
 async def unsent(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
