@@ -14,6 +14,7 @@ from faust.types import StreamT
 from faust.web import Request, Response, View
 
 from agents import metrics, tracing
+from agents.batching import take_batches
 from agents.runtime import ServiceRuntime
 from agents.step import Handler
 from config import Settings
@@ -102,9 +103,8 @@ def service_app(
 
     async def steps(stream: StreamT) -> AsyncIterator[None]:
         # Events are acked (and their offsets committed) only after the batch's
-        # transaction has committed: take_events acks when the next batch is asked for.
-        batch_wait_s = settings.batch_wait_ms / 1000
-        batches = stream.take_events(settings.batch_max, within=batch_wait_s)  # type: ignore[attr-defined]
+        # transaction has committed: take_batches acks when the next batch is asked for.
+        batches = take_batches(stream, settings.batch_max, settings.batch_wait_ms / 1000)
         async for events in batches:
             await runtime.process_batch([event.message for event in events])
             yield None
