@@ -51,6 +51,7 @@ _log = logging.getLogger(__name__)
 TERMINAL_EVENTS = frozenset({"OrderConfirmed", "OrderCancelled"})
 STEPS_PER_ORDER = 5
 """Step transactions one order costs across the services (for the PG-limit ratio)."""
+TIMELINE_POINTS = 10
 Mix = Literal["demo", "success"]
 Progress = Callable[[str], None]
 
@@ -272,10 +273,17 @@ class ProcessSampler:
                 data.last_cpu[proc.pid] = cpu.user + cpu.system
             data.rss_mb.append(rss / 2**20)
 
-    def report(self) -> dict[str, dict[str, float]]:
-        """``cpu_s``, ``peak_rss_mb``, ``rss_mb_start``, ``rss_mb_end``, each by group."""
-        out: dict[str, dict[str, float]] = {
-            "cpu_s": {}, "peak_rss_mb": {}, "rss_mb_start": {}, "rss_mb_end": {}}
+    def report(self) -> dict[str, dict[str, Any]]:
+        """``cpu_s``, ``peak_rss_mb``, ``rss_mb_start``, ``rss_mb_end`` and
+        ``rss_mb_timeline``, each by group.
+
+        The timeline is RSS at the end of each tenth of the run: flat memory
+        shows as a flat line, a plateau (e.g. the tracker's retention) as a
+        rise that stops, a leak as a rise that does not.
+        """
+        out: dict[str, dict[str, Any]] = {
+            "cpu_s": {}, "peak_rss_mb": {}, "rss_mb_start": {}, "rss_mb_end": {},
+            "rss_mb_timeline": {}}
         for name, data in self._data.items():
             cpu = sum(data.last_cpu[p] - data.first_cpu[p] for p in data.last_cpu)
             out["cpu_s"][name] = round(cpu, 2)
@@ -283,7 +291,14 @@ class ProcessSampler:
                 out["peak_rss_mb"][name] = round(max(data.rss_mb), 1)
                 out["rss_mb_start"][name] = round(data.rss_mb[0], 1)
                 out["rss_mb_end"][name] = round(data.rss_mb[-1], 1)
+                out["rss_mb_timeline"][name] = timeline(data.rss_mb)
         return out
+
+
+def timeline(samples: list[float], points: int = TIMELINE_POINTS) -> list[float]:
+    """The samples at the end of each of ``points`` equal parts of the run."""
+    n = len(samples)
+    return [round(samples[max(n * i // points - 1, 0)], 1) for i in range(1, points + 1)]
 
 
 def _expand(roots: list[tuple[psutil.Process, bool]]) -> list[psutil.Process]:

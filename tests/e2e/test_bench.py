@@ -23,7 +23,7 @@ KEYS = {
     "mode", "orders", "finished", "unfinished", "seconds", "orders_per_s", "p50_ms", "p95_ms",
     "p99_ms", "max_ms", "confirmed", "cancelled", "workers", "partitions", "pg_step_rate_per_s",
     "pg_batched_step_rate_per_s", "orders_per_s_of_pg_limit", "cpu_s", "peak_rss_mb",
-    "rss_mb_start", "rss_mb_end", "audit", "send_lag_p99_ms", "send_lag_max_ms", "send_errors",
+    "rss_mb_start", "rss_mb_end", "rss_mb_timeline", "audit", "send_lag_p99_ms", "send_lag_max_ms", "send_errors",
 }
 
 
@@ -47,6 +47,8 @@ def assert_consistent(result: dict[str, Any], orders: int) -> None:
         assert result["cpu_s"][service] > 0  # every worker handled orders
         assert result["peak_rss_mb"][service] >= result["rss_mb_start"][service] > 0
         assert result["rss_mb_end"][service] > 0
+        line = result["rss_mb_timeline"][service]
+        assert len(line) == 10 and line[-1] == result["rss_mb_end"][service]
     assert result["audit"] == "ok"
 
 
