@@ -23,7 +23,8 @@ KEYS = {
     "mode", "orders", "finished", "unfinished", "seconds", "orders_per_s", "p50_ms", "p95_ms",
     "p99_ms", "max_ms", "confirmed", "cancelled", "workers", "partitions", "pg_step_rate_per_s",
     "pg_batched_step_rate_per_s", "orders_per_s_of_pg_limit", "cpu_s", "peak_rss_mb",
-    "rss_mb_start", "rss_mb_end", "rss_mb_timeline", "audit", "send_lag_p99_ms", "send_lag_max_ms", "send_errors",
+    "rss_mb_start", "rss_mb_end", "rss_mb_timeline", "audit", "send_lag_p99_ms",
+    "send_lag_max_ms", "send_errors",
 }
 
 
