@@ -7,7 +7,7 @@ Measured on the idle embedded stack: 0.92-0.98 CPU-seconds per 10 s per
 service with a 2 ms wait against 0.38-0.43 with 50 ms, i.e. about 5% of a
 core per service spent on waking up to find nothing.
 
-:func:`take_batches` is Faust's ``take_events`` (faust-streaming 0.11, same
+:func:`take_batches` is Faust's ``take_events`` (faust-streaming 0.15, same
 buffer, passive drainer and manual acks) with one change: it first waits,
 without a timeout, for the buffer to hold an event, and only then gives the
 batch ``within`` to fill. The latency a batch adds stays bounded by ``within``.

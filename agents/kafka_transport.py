@@ -1,10 +1,12 @@
 """Faust's aiokafka transport with a short fetch long-poll.
 
 Faust hard-codes ``fetch_max_wait_ms=1500`` for its worker consumer. Tansu does
-not always answer a pending fetch when new records arrive, so a saga hop could
-wait up to 1.5 s; measured on the embedded stack, one order took ~1.5 s end to
-end with the default and ~0.1 s with a 20 ms wait. The wait is a setting
-(``OMS_FETCH_MAX_WAIT_MS``); on real Kafka a longer one costs nothing.
+not answer a pending fetch when new records arrive (probed with aiokafka: a
+record waited p50 131 ms / p99 250 ms with a 500 ms wait, 5 / 13 ms with
+20 ms), so a saga hop could wait up to 1.5 s; measured on the embedded stack,
+one order took ~1.5 s end to end with the default and ~0.1 s with a 20 ms wait.
+The wait is a setting (``OMS_FETCH_MAX_WAIT_MS``); on real Kafka a longer one
+costs nothing.
 
 Registered as the ``oms://`` scheme through the ``faust.transports`` entry
 point, Faust's own extension mechanism, so nothing else is patched.

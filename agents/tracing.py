@@ -86,9 +86,9 @@ def instrument_app(
 ) -> None:
     """Set up tracing for ``app``'s process and register faust's process-span sensor.
 
-    Batched agents (``take_events``) open their per-event ``process`` spans
-    themselves (:func:`consuming`): faust's sensor would time the buffering,
-    not the handling, so those apps pass ``faust_sensor=False``.
+    Batched agents (:func:`agents.batching.take_batches`) open their per-event
+    ``process`` spans themselves (:func:`consuming`): faust's sensor would time
+    the buffering, not the handling, so those apps pass ``faust_sensor=False``.
     """
     setup_tracing(service, settings)
     if faust_sensor:
