@@ -8,9 +8,13 @@ service with a 2 ms wait against 0.38-0.43 with 50 ms, i.e. about 5% of a
 core per service spent on waking up to find nothing.
 
 :func:`take_batches` is Faust's ``take_events`` (faust-streaming 0.15, same
-buffer, passive drainer and manual acks) with one change: it first waits,
+buffer, passive drainer and manual acks) with two changes: it first waits,
 without a timeout, for the buffer to hold an event, and only then gives the
-batch ``within`` to fill. The latency a batch adds stays bounded by ``within``.
+batch ``within`` to fill, so the latency a batch adds stays bounded by
+``within``; and a batch whose handling did not finish (the agent was cancelled
+or crashed inside it) is not acked, where ``take_events`` acks it in a
+``finally`` and so lets its offsets be committed although its transaction
+rolled back.
 """
 
 from __future__ import annotations
@@ -66,11 +70,13 @@ async def take_batches(
             await s.wait_for_stopped(full, timeout=within)
             consuming = s.loop.create_future()
             batch = list(events)
+            handled = False
             try:
                 yield batch
+                handled = True  # the caller asked for the next batch: this one is done
             finally:
                 events.clear()
-                for event in batch:
+                for event in batch if handled else ():
                     await s.ack(event)
                 not_empty.clear()
                 full.clear()

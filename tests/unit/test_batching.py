@@ -71,3 +71,21 @@ async def test_a_batch_is_acked_only_after_the_body_has_run(app: faust.App) -> N
         await test_agent.put("b", wait=False)
         await wait_until(lambda: all(event.message.acked for event in first), "the ack")
     assert acked_in_body and not any(acked_in_body)
+
+
+async def test_a_batch_whose_handling_failed_is_not_acked(app: faust.App) -> None:
+    """Its transaction rolled back: acking it would let its offsets be committed."""
+    batches: list[list[Any]] = []
+
+    async def fail(stream: StreamT) -> AsyncIterator[None]:
+        async for batch in take_batches(stream, 10, within=0.01):
+            batches.append(batch)
+            raise RuntimeError("the step failed")
+        yield None
+
+    agent = app.agent()(fail)
+    async with agent.test_context() as test_agent:
+        await test_agent.put("a", wait=False)
+        await wait_until(lambda: batches, "the batch")
+        await wait_until(lambda: test_agent._crash_reason is not None, "the agent to crash")
+    assert not batches[0][0].message.acked
