@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-import asyncpg
 from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, AppT
@@ -108,7 +107,8 @@ def install_backlog_gauge(
             return
         try:
             await backlog()  # sets the gauge itself
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("%s: outbox backlog not sampled: %s", service, exc)
+        except Exception as exc:  # noqa: BLE001 - a failing timer would crash the worker
+            log.warning("%s: outbox backlog not sampled: %s: %s", service,
+                        type(exc).__name__, exc)
 
     app.timer(interval=BACKLOG_INTERVAL_S, name=f"oms-{service}.outbox_backlog")(outbox_backlog)

@@ -18,19 +18,17 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Skip asyncpg's reset query on release (``RESET ALL; UNLISTEN *; ...``).
-
-    Pooled connections never change session state: no SET, LISTEN, cursors or
-    session advisory locks (the relay and migrations use their own connections).
-    asyncpg still rolls back an open transaction itself. One round trip less per step.
-    """
-
-
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections speak jsonb as Python objects."""
+    """A pool whose connections speak jsonb as Python objects.
+
+    asyncpg's reset query on release stays on although pooled connections keep
+    no session state: it is also the only check that drops a connection a
+    killed backend left mid-operation but not closed (``InternalClientError``).
+    Without it such a connection would go back to the pool and fail every
+    step that draws it.
+    """
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection, reset=_keep_session
+        dsn, min_size=min_size, max_size=max_size, init=init_connection
     )
     assert pool is not None
     return pool
