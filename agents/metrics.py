@@ -61,7 +61,10 @@ def install_lag_gauge(app: AppT, service: str) -> None:
     shown: set[tuple[str, str]] = set()
 
     async def consumer_lag() -> None:
-        await sample_consumer_lag(app, service, shown)
+        try:
+            await sample_consumer_lag(app, service, shown)
+        except Exception as exc:  # noqa: BLE001 - a failing timer would crash the worker
+            log.warning("%s: consumer lag not sampled: %s: %s", service, type(exc).__name__, exc)
 
     app.timer(interval=LAG_INTERVAL_S, name=f"oms-{service}.consumer_lag")(consumer_lag)
 
