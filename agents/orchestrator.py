@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import StreamT
 from faust.types.tuples import Message
 
@@ -122,7 +123,11 @@ class Tracker:
                 body = SagaTimedOut(deadline_ms=saga.deadline_ms)
                 event = new_envelope(saga.order_id, body, producer=SERVICE,
                                      placed_at_ms=saga.placed_at_ms)
-                await self._send_timeout(key, event)
+                try:
+                    await self._send_timeout(key, event)
+                except KafkaError as exc:  # an exception out of a timer crashes the worker
+                    log.warning("SagaTimedOut for %s not sent (%s); retrying in %d ms",
+                                saga.order_id, exc, RESEND_MS)
             elif expired(saga, now, self.retention_ms):
                 del self.sagas[key]
             if saga.finished or saga.timed_out:

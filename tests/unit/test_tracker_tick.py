@@ -1,0 +1,46 @@
+"""The tracker's timer survives a broker that cannot take its SagaTimedOut.
+
+An exception out of a Faust timer stops the app (and ``oms up`` stops the
+stack when a worker dies), so a failed send must be logged and retried on a
+later tick. The table is a plain dict here and the send is the failing part;
+what is checked is the tick's own handling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka.errors import KafkaTimeoutError
+
+from agents.orchestrator import RESEND_MS, Tracker, now_ms
+from agents.saga import RUNNING, Saga
+from schemas.oms_pb2 import Envelope
+from tests.conftest import make_settings
+
+OID = "6f1c1c3e-8a6b-4d59-9d0a-2a0b5a1c9e10"
+
+
+def overdue_saga() -> dict[str, Any]:
+    placed = now_ms() - 60_000
+    return Saga(OID, RUNNING, placed, placed + 30_000, placed).as_dict()
+
+
+async def test_a_failed_timeout_send_is_logged_and_retried_later(tmp_path: Path) -> None:
+    tracker = Tracker(faust.App("test-tick"), make_settings(tmp_path))
+    tracker.sagas = {OID.encode(): overdue_saga()}  # type: ignore[assignment]
+    attempts: list[Envelope] = []
+
+    async def unreachable(key: bytes, event: Envelope) -> None:
+        attempts.append(event)
+        raise KafkaTimeoutError()
+
+    tracker._send_timeout = unreachable  # type: ignore[method-assign]
+    await tracker.tick()  # must not raise
+    await tracker.tick()  # within RESEND_MS: no second attempt yet
+    assert [e.type for e in attempts] == ["SagaTimedOut"]
+
+    tracker._timeouts_sent[OID.encode()] -= RESEND_MS + 1  # as if RESEND_MS had passed
+    await tracker.tick()
+    assert len(attempts) == 2
