@@ -4,8 +4,8 @@ Only the worker holding the service's advisory lock publishes, so two workers
 never interleave; the other stands by and takes over when the holder's
 connection dies. The relay wakes on the NOTIFY every step transaction sends at
 commit (or directly, for a commit in its own process), with a slow poll only
-as a safety net. A crash between publish and
-``mark_sent`` republishes a few records, which the consumers' inboxes absorb.
+as a safety net. A crash between publish and ``mark_sent`` republishes a few
+records, which the consumers' inboxes absorb.
 """
 
 from __future__ import annotations
