@@ -95,7 +95,8 @@ class PaymentsStep:
         return []
 
     async def _answer(self, envelope: Envelope, call: Callable[[], Awaitable[T]]) -> T:
-        """The answer :meth:`prepare` started, or a call made now (single-event path)."""
+        """The answer :meth:`prepare` started, or a call made now (a second event of
+        the same type and order in one batch: prepare kept one call per order)."""
         started = self._calls.pop((envelope.type, envelope.order_id), None)
         if started is not None and not started.cancelled():
             return await started  # type: ignore[no-any-return]

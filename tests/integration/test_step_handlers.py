@@ -7,7 +7,7 @@ import pytest
 
 from agents import inventory, orders, payments
 from agents.gateway import SimulatedGateway
-from agents.step import InvalidEvent
+from agents.step import InvalidEvent, apply_steps
 from config import Settings
 from schemas.oms_pb2 import (
     CancelOrder,
@@ -246,3 +246,13 @@ async def test_gateway_timeout_leaves_unknown_and_cancel_voids(seeded, pay_handl
     assert await pool.fetchval("SELECT status FROM payments WHERE order_id = $1", oid) == "UNKNOWN"
     await step(pool, pay_handler, envelope(oid, OrderCancelled(reason="saga timed out")))
     assert await pool.fetchval("SELECT status FROM payments WHERE order_id = $1", oid) == "VOIDED"
+
+
+async def test_two_charges_of_one_order_in_one_batch_capture_once(seeded, pay_handler) -> None:
+    """prepare() starts one PSP call per order; the second event makes its own call."""
+    pool, oid = seeded["payments"], new_order_id()
+    results = await apply_steps(pool, [envelope(oid, reserved()), envelope(oid, reserved())],
+                                pay_handler, "test-out")
+    assert [[e.type for e in r.emitted] for r in results] == [["PaymentCompleted"], []]
+    assert all(r.applied for r in results)
+    assert (await psp(pool, oid))["status"] == "CAPTURED"
