@@ -80,10 +80,8 @@ async def reserve(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope
     outcome = await inventory.reserve(conn, envelope.order_id, quantities(body))
     if outcome.decided_before:
         return []
-    if outcome.unknown:
-        return [_rejected(envelope, "unknown sku: " + ", ".join(outcome.unknown), outcome.unknown)]
-    if outcome.short:
-        return [_rejected(envelope, "out of stock: " + ", ".join(outcome.short), outcome.short)]
+    if outcome.reason:
+        return [_rejected(envelope, outcome.reason, outcome.blocking)]
     reserved = InventoryReserved(
         lines=body.lines,
         amount_cents=body.amount_cents,

@@ -26,8 +26,16 @@ class ReserveOutcome:
     short: list[str] = field(default_factory=list)
 
     @property
-    def reserved(self) -> bool:
-        return not (self.decided_before or self.unknown or self.short)
+    def blocking(self) -> list[str]:
+        """The SKUs a rejection names: the unknown ones, else those short of stock."""
+        return self.unknown or self.short
+
+    @property
+    def reason(self) -> str:
+        """The rejection's reason, recorded and sent; empty unless rejected now."""
+        if self.unknown:
+            return "unknown sku: " + ", ".join(self.unknown)
+        return "out of stock: " + ", ".join(self.short) if self.short else ""
 
 
 async def reservation_status(conn: asyncpg.Connection, order_id: str) -> str | None:
@@ -71,10 +79,9 @@ async def reserve(
     unknown = [sku for sku in skus if sku not in available]
     short = [sku for sku in skus if sku in available and available[sku] < quantities[sku]]
     if unknown or short:
-        reason = f"unknown sku: {', '.join(unknown)}" if unknown else (
-            f"out of stock: {', '.join(short)}")
-        await _decide(conn, order_id, REJECTED, reason)
-        return ReserveOutcome(unknown=unknown, short=short)
+        rejected = ReserveOutcome(unknown=unknown, short=short)
+        await _decide(conn, order_id, REJECTED, rejected.reason)
+        return rejected
     await conn.execute(
         "WITH moved AS (UPDATE stock s SET available = s.available - r.qty,"
         "   reserved = s.reserved + r.qty"
