@@ -22,7 +22,7 @@ from faust.types.tuples import Message
 from agents import metrics, tracing
 from agents.app import add_health_views, create_app
 from agents.dlq import DeadLetters
-from agents.saga import RUNNING, Saga, expired, expired_data, overdue, transition
+from agents.saga import RUNNING, Saga, expired, overdue, transition
 from agents.topics import (
     DEAD_LETTERS,
     INVENTORY_EVENTS,
@@ -115,24 +115,32 @@ class Tracker:
         """Time out overdue sagas and drop long-finished ones from the table."""
         now = now_ms()
         for key, data in list(self.sagas.items()):
-            if data["status"] != RUNNING and not expired_data(data, now, self.retention_ms):
-                continue  # most rows: finished and still retained; skip building a Saga
+            if data["status"] != RUNNING:  # most rows: judged without building a Saga
+                if expired(data, now, self.retention_ms):
+                    del self.sagas[key]
+                    self._forget(key)
+                continue
             saga = Saga.from_dict(data)
-            if overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
+            if saga.timed_out:
+                self._forget(key)
+            elif overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
                 self._timeouts_sent[key] = now
-                body = SagaTimedOut(deadline_ms=saga.deadline_ms)
-                event = new_envelope(saga.order_id, body, producer=SERVICE,
-                                     placed_at_ms=saga.placed_at_ms)
-                try:
-                    await self._send_timeout(key, event)
-                except KafkaError as exc:  # an exception out of a timer crashes the worker
-                    log.warning("SagaTimedOut for %s not sent (%s); retrying in %d ms",
-                                saga.order_id, exc, RESEND_MS)
-            elif expired(saga, now, self.retention_ms):
-                del self.sagas[key]
-            if saga.finished or saga.timed_out:
-                self._timeouts_sent.pop(key, None)
-                self._traces.pop(key, None)
+                await self._time_out(key, saga)
+
+    async def _time_out(self, key: bytes, saga: Saga) -> None:
+        body = SagaTimedOut(deadline_ms=saga.deadline_ms)
+        event = new_envelope(saga.order_id, body, producer=SERVICE,
+                             placed_at_ms=saga.placed_at_ms)
+        try:
+            await self._send_timeout(key, event)
+        except KafkaError as exc:  # an exception out of a timer crashes the worker
+            log.warning("SagaTimedOut for %s not sent (%s); retrying in %d ms",
+                        saga.order_id, exc, RESEND_MS)
+
+    def _forget(self, key: bytes) -> None:
+        """Drop what the timer keeps for a saga it no longer has to time out."""
+        self._timeouts_sent.pop(key, None)
+        self._traces.pop(key, None)
 
     async def _send_timeout(self, key: bytes, event: Envelope) -> None:
         """Send ``SagaTimedOut`` as part of the order's trace (a root span after a restart)."""

@@ -72,5 +72,5 @@ def test_steps_are_bounded_under_a_storm() -> None:
 
 def test_finished_sagas_expire_after_retention() -> None:
     saga, _ = transition(None, env(OrderConfirmed()), 2_000, TIMEOUT)
-    assert not expired(saga, 2_000 + 500, retention_ms=1_000)
-    assert expired(saga, 2_000 + 1_001, retention_ms=1_000)
+    assert not expired(saga.as_dict(), 2_000 + 500, retention_ms=1_000)
+    assert expired(saga.as_dict(), 2_000 + 1_001, retention_ms=1_000)
