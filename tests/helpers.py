@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from agents.catalogue import price_of
 from agents.step import Handler, StepResult, apply_step
+from config import Settings
 from schemas.codec import decode, new_envelope
 from schemas.oms_pb2 import Envelope, OrderLine
 
@@ -50,3 +51,12 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached in {timeout_s}s; last: {result!r}")
         await asyncio.sleep(0.05)
+
+
+async def query(settings: Settings, service: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    """Rows of one statement on a service's database, over a connection of its own."""
+    conn = await asyncpg.connect(settings.dsn(service))
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()

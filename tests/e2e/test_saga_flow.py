@@ -14,7 +14,7 @@ from agents.intake import LineRequest, PlaceOrderRequest
 from agents.stack import Stack
 from config import Settings
 from tests.conftest import make_settings, running_stack
-from tests.helpers import eventually
+from tests.helpers import eventually, query
 
 pytestmark = pytest.mark.e2e
 
@@ -41,23 +41,17 @@ async def place(settings: Settings, request: PlaceOrderRequest) -> str:
 
 async def terminal(settings: Settings, order_id: str) -> asyncpg.Record:
     async def probe() -> asyncpg.Record | None:
-        conn = await asyncpg.connect(settings.dsn("orders"))
-        try:
-            return await conn.fetchrow(
-                "SELECT status, reason FROM orders WHERE order_id = $1", order_id)
-        finally:
-            await conn.close()
+        rows = await query(settings, "orders",
+                           "SELECT status, reason FROM orders WHERE order_id = $1", order_id)
+        return rows[0] if rows else None
 
     return await eventually(probe, lambda r: r is not None and r["status"] != "PENDING",
                             timeout_s=30, what=f"order {order_id} terminal")
 
 
 async def fetchval(settings: Settings, service: str, sql: str, *args: object) -> object:
-    conn = await asyncpg.connect(settings.dsn(service))
-    try:
-        return await conn.fetchval(sql, *args)
-    finally:
-        await conn.close()
+    rows = await query(settings, service, sql, *args)
+    return rows[0][0] if rows else None
 
 
 async def settled(settings: Settings, service: str, sql: str, order_id: str, want: object) -> None:

@@ -23,8 +23,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from agents.audit import AuditReport, audit
 from agents.catalogue import REGULAR_SKUS, price_of
 from agents.client import OrderClient
@@ -33,6 +31,7 @@ from agents.intake import LineRequest, PlaceOrderRequest
 from agents.stack import Stack, wait_ready
 from config import Settings
 from tests.conftest import make_settings, running_stack
+from tests.helpers import query
 
 REPORTS: list[dict[str, Any]] = []
 """Every scenario's report line, printed again in the terminal summary."""
@@ -80,13 +79,10 @@ async def place(settings: Settings, requests: Sequence[PlaceOrderRequest],
 
 async def outcome_counts(settings: Settings, order_ids: list[str]) -> dict[str, int]:
     """Orders per status among ``order_ids``, and cancellations per reason (``why:...``)."""
-    conn = await asyncpg.connect(settings.dsn("orders"))
-    try:
-        rows = await conn.fetch(
-            "SELECT status, split_part(coalesce(reason, ''), ':', 1) AS why, count(*) AS n"
-            " FROM orders WHERE order_id = ANY($1::uuid[]) GROUP BY 1, 2", order_ids)
-    finally:
-        await conn.close()
+    rows = await query(
+        settings, "orders",
+        "SELECT status, split_part(coalesce(reason, ''), ':', 1) AS why, count(*) AS n"
+        " FROM orders WHERE order_id = ANY($1::uuid[]) GROUP BY 1, 2", order_ids)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + int(r["n"])

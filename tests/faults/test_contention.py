@@ -11,12 +11,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from agents.catalogue import REGULAR_SKUS, SCARCE_SKU, SCARCE_UNITS, SOLD_OUT_SKU
 from agents.stack import Stack
 from tests.faults.harness import all_ready, fault_stack, run_scenario, simple_order
+from tests.helpers import query
 
 pytestmark = pytest.mark.faults
 
@@ -46,13 +46,10 @@ async def test_last_units_never_oversold(stack: Stack) -> None:
 
     line = await run_scenario(stack, "contention for the last units", requests, inject)
     assert line["lost"] == 0 and line["violations"] == 0
-    conn = await asyncpg.connect(stack.settings.dsn("inventory"))
-    try:
-        stock = {r["sku"]: r for r in await conn.fetch(
-            "SELECT sku, total, available, reserved, sold FROM stock WHERE sku = ANY($1)",
-            [SCARCE_SKU, SOLD_OUT_SKU])}
-    finally:
-        await conn.close()
+    stock = {r["sku"]: r for r in await query(
+        stack.settings, "inventory",
+        "SELECT sku, total, available, reserved, sold FROM stock WHERE sku = ANY($1)",
+        [SCARCE_SKU, SOLD_OUT_SKU])}
     confirmed_scarce = await _confirmed(stack, [str(r.order_id) for r in scarce])
     assert stock[SCARCE_SKU]["sold"] == confirmed_scarce <= SCARCE_UNITS
     assert stock[SCARCE_SKU]["reserved"] == 0
@@ -65,10 +62,6 @@ async def test_last_units_never_oversold(stack: Stack) -> None:
 
 
 async def _confirmed(stack: Stack, ids: list[str]) -> int:
-    conn = await asyncpg.connect(stack.settings.dsn("orders"))
-    try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM orders WHERE order_id = ANY($1::uuid[])"
-            " AND status = 'CONFIRMED'", ids))
-    finally:
-        await conn.close()
+    rows = await query(stack.settings, "orders", "SELECT count(*) FROM orders"
+                       " WHERE order_id = ANY($1::uuid[]) AND status = 'CONFIRMED'", ids)
+    return int(rows[0][0])

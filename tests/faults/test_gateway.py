@@ -18,6 +18,7 @@ import pytest
 
 from agents.stack import Stack
 from tests.faults.harness import all_ready, fault_stack, mixed_orders, run_scenario, simple_order
+from tests.helpers import query
 
 pytestmark = pytest.mark.faults
 
@@ -66,20 +67,12 @@ async def test_slow_and_hung_gateway(stack: Stack) -> None:
 
 
 async def _orders(stack: Stack, ids: list[str]) -> dict[str, asyncpg.Record]:
-    conn = await asyncpg.connect(stack.settings.dsn("orders"))
-    try:
-        rows = await conn.fetch("SELECT order_id::text AS id, status, reason, updated_at"
-                                " FROM orders WHERE order_id = ANY($1::uuid[])", ids)
-    finally:
-        await conn.close()
+    rows = await query(stack.settings, "orders", "SELECT order_id::text AS id, status, reason,"
+                       " updated_at FROM orders WHERE order_id = ANY($1::uuid[])", ids)
     return {r["id"]: r for r in rows}
 
 
 async def _charges(stack: Stack, ids: list[str]) -> dict[str, asyncpg.Record]:
-    conn = await asyncpg.connect(stack.settings.dsn("payments"))
-    try:
-        rows = await conn.fetch("SELECT idempotency_key, status, created_at FROM psp_charges"
-                                " WHERE idempotency_key = ANY($1::text[])", ids)
-    finally:
-        await conn.close()
+    rows = await query(stack.settings, "payments", "SELECT idempotency_key, status, created_at"
+                       " FROM psp_charges WHERE idempotency_key = ANY($1::text[])", ids)
     return {r["idempotency_key"]: r for r in rows}

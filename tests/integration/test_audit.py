@@ -13,13 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from agents.audit import audit
 from agents.demo import place_orders, settled_audit, wait_terminal
 from agents.stack import Stack, settings_env, start_stack
 from tests.conftest import drop_test_databases, make_settings
+from tests.helpers import query
 
 pytestmark = pytest.mark.integration
 
@@ -78,11 +78,8 @@ async def assert_only_failing(stack: Stack, invariant: str) -> dict[str, Any]:
 
 
 async def one(stack: Stack, service: str, sql: str, *args: object) -> Any:
-    conn = await asyncpg.connect(stack.settings.dsn(service))
-    try:
-        return await conn.fetchval(sql, *args)
-    finally:
-        await conn.close()
+    rows = await query(stack.settings, service, sql, *args)
+    return rows[0][0] if rows else None
 
 
 async def order_with(stack: Stack, status: str, reason_like: str = "%") -> str:
