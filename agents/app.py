@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,13 +101,13 @@ def service_app(
         value_serializer="raw",
     )
 
-    async def steps(stream: StreamT) -> AsyncIterator[None]:
+    async def steps(stream: StreamT) -> None:
         # Events are acked (and their offsets committed) only after the batch's
         # transaction has committed: take_batches acks when the next batch is asked for.
+        # The agent yields nothing: Faust formats a debug line for every value yielded.
         batches = take_batches(stream, settings.batch_max, settings.batch_wait_ms / 1000)
         async for events in batches:
             await runtime.process_batch([event.message for event in events])
-            yield None
 
     app.agent(topic, name=f"oms-{service}.steps")(steps)
 

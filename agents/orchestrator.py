@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
@@ -21,6 +20,7 @@ from faust.types.tuples import Message
 
 from agents import metrics, tracing
 from agents.app import add_health_views, create_app
+from agents.batching import take_batches
 from agents.dlq import DeadLetters
 from agents.saga import RUNNING, Saga, expired, overdue, transition
 from agents.topics import (
@@ -75,24 +75,35 @@ class Tracker:
         data = self.sagas.get(order_id.encode())
         return Saga.from_dict(data) if data else None
 
-    async def on_message(self, message: Message) -> None:
-        """Apply one event to its saga and send what the transition decided."""
-        try:
-            envelope = decode(message.value)
-        except DecodeError as exc:
-            await self._dead_letter(message, f"undecodable: {exc}")
-            return
-        tracing.annotate_current(envelope)
-        with tracing.handling(SERVICE, envelope, message.topic):
-            await self._apply(envelope)
+    async def on_batch(self, messages: list[Message]) -> None:
+        """Apply a batch of events to their sagas; each saga's row is written once.
 
-    async def _apply(self, envelope: Envelope) -> None:
+        A table write is a changelog record, so a saga that several events of
+        the batch touch costs one record, not one per event.
+        """
+        touched: dict[bytes, Saga] = {}
+        for message in messages:
+            try:
+                envelope = decode(message.value)
+            except DecodeError as exc:
+                await self._dead_letter(message, f"undecodable: {exc}")
+                continue
+            with tracing.consuming(SERVICE, envelope, message.topic, message.headers,
+                                   message.partition, message.offset):
+                await self._apply(envelope, touched)
+        for key, saga in touched.items():
+            self.sagas[key] = saga.as_dict()
+
+    async def _apply(self, envelope: Envelope, touched: dict[bytes, Saga]) -> None:
+        """Run one event through :func:`transition` and send the commands it decided."""
         key = envelope.order_id.encode()
-        current = self.sagas.get(key)
-        before = Saga.from_dict(current) if current else None
+        before = touched.get(key)
+        if before is None:
+            current = self.sagas.get(key)
+            before = Saga.from_dict(current) if current else None
         was_finished = before.finished if before else False
         saga, commands = transition(before, envelope, now_ms(), self.timeout_ms)
-        self.sagas[key] = saga.as_dict()
+        touched[key] = saga
         for command in commands:
             with tracing.publishing(self.commands.get_topic_name(), command) as trace_headers:
                 await self.commands.send(key=key, value=encode(command),
@@ -172,15 +183,16 @@ def _reason_label(reason: str) -> str:
 
 def build(settings: Settings) -> faust.App:
     """The tracker Faust app."""
-    app = create_app(SERVICE, settings)
+    app = create_app(SERVICE, settings, faust_sensor=False)  # batches trace themselves
     tracker = Tracker(app, settings)
     topic = app.topic(*(settings.topic(s) for s in SOURCES), key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")
 
-    async def track(stream: StreamT) -> AsyncIterator[None]:
-        async for event in stream.events():
-            await tracker.on_message(event.message)
-            yield None
+    async def track(stream: StreamT) -> None:
+        # acked after the batch's table writes, like the services' steps
+        batches = take_batches(stream, settings.batch_max, settings.batch_wait_ms / 1000)
+        async for events in batches:
+            await tracker.on_batch([event.message for event in events])
 
     app.agent(topic, name="oms-orchestrator.track")(track)
     app.timer(interval=1.0)(tracker.tick)
