@@ -2,10 +2,12 @@
 
 Only the worker holding the service's advisory lock publishes, so two workers
 never interleave; the other stands by and takes over when the holder's
-connection dies. The relay wakes on the NOTIFY every step transaction sends at
-commit (or directly, for a commit in its own process), with a slow poll only
-as a safety net. A crash between publish and ``mark_sent`` republishes a few
-records, which the consumers' inboxes absorb.
+connection dies. Rows committed in the leader's own process are handed to it
+in memory (:meth:`OutboxRelay.committed`) and published without being read
+back; a NOTIFY from another worker's commit, a new leadership or the slow
+safety poll make it read the table instead. Published rows are marked sent in
+batches, at most ``mark_every_s`` late. A crash between publish and mark
+republishes a few records, which the consumers' inboxes absorb.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
@@ -43,6 +44,7 @@ class OutboxRelay:
         *,
         batch_size: int = 500,
         safety_poll_s: float = 1.0,
+        mark_every_s: float = 0.1,
         on_published: Callable[[int], None] | None = None,
         crash_after_batches: int = 0,
         retention_s: float = 3600.0,
@@ -52,11 +54,14 @@ class OutboxRelay:
         self._publish = publish
         self._batch_size = batch_size
         self._safety_poll_s = safety_poll_s
+        self._mark_every_s = mark_every_s
         self._on_published = on_published or (lambda n: None)
         self._wake = asyncio.Event()
-        self.origin = uuid.uuid4().hex
-        """Steps that :meth:`wake` this relay in-process pass this to ``enqueue``; its
-        NOTIFY then wakes only the other workers' relays, not this one a second time."""
+        self._handed: list[messaging.OutboxMessage] = []  # committed here, not yet published
+        self._read_table = True  # rows may wait that were not handed over: read them
+        self._last_read: set[int] = set()  # ids the last table read published
+        self._unmarked: list[int] = []  # published, not yet marked sent
+        self._unmarked_since = 0.0
         self.is_leader = False
         self.connected = False
         self._crash_after = crash_after_batches  # test-only fault hook, 0 = off: _fault_point
@@ -64,9 +69,15 @@ class OutboxRelay:
         self._retention_s = retention_s
         self._purged_at = 0.0
 
-    def wake(self) -> None:
-        """Publish now (called after an in-process commit)."""
-        self._wake.set()
+    def committed(self, rows: Sequence[messaging.OutboxMessage]) -> None:
+        """Rows a step of this process has just committed: publish them without a read.
+
+        Ignored unless this relay leads; the step then sent a NOTIFY that wakes
+        the leader, whichever process holds it.
+        """
+        if rows and self.is_leader:
+            self._handed.extend(r for r in rows if r.id not in self._last_read)
+            self._wake.set()
 
     async def run(self) -> None:
         """Lead or stand by forever; reconnect with backoff when PostgreSQL goes away."""
@@ -79,7 +90,6 @@ class OutboxRelay:
                     asyncpg.InternalClientError) as exc:  # a killed backend can raise the last
                 log.warning("outbox relay lost its connection (%s); retrying in %.1fs",
                             exc, backoff)
-                self.is_leader = False
                 if time.monotonic() - started > HEALTHY_SESSION_S:
                     backoff = 0.1  # a long healthy session: this is a new outage
                 await asyncio.sleep(backoff)
@@ -93,19 +103,26 @@ class OutboxRelay:
             await conn.add_listener(messaging.OUTBOX_CHANNEL, self._on_notify)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
                 await self._sleep()
+            self._read_table = True  # whatever was committed before we led
             self.is_leader = True
             while True:
-                while await self._drain(conn):
-                    pass
+                published = await self._drain(conn)
+                await self._maybe_mark(conn)
                 await self._maybe_purge(conn)
-                await self._sleep()
+                if not published:
+                    await self._sleep()
+        except asyncio.CancelledError:
+            await self._mark_on_stop(conn)
+            raise
         finally:
             self.is_leader = self.connected = False
+            self._handed.clear()  # still unsent in the table: the next leader reads them
+            self._unmarked.clear()  # republished by the next leader: a few duplicates
             await conn.close()
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, origin: str) -> None:
-        if origin != self.origin:
-            self._wake.set()
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
+        self._read_table = True
+        self._wake.set()
 
     async def _maybe_purge(self, conn: asyncpg.Connection) -> None:
         """Drop published rows past the retention, at most once a minute (bounded table)."""
@@ -117,23 +134,69 @@ class OutboxRelay:
             log.info("outbox relay purged %d published rows", purged)
 
     async def _sleep(self) -> None:
+        """Wait for a wake-up, the safety poll (then read the table) or the mark deadline."""
+        timeout = self._safety_poll_s
+        if self._unmarked:
+            timeout = min(timeout, self._unmarked_since + self._mark_every_s - time.monotonic())
         try:
-            await asyncio.wait_for(self._wake.wait(), self._safety_poll_s)
+            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
         except TimeoutError:
-            pass
+            if not self._unmarked:
+                self._read_table = True
         self._wake.clear()
 
     async def _drain(self, conn: asyncpg.Connection) -> bool:
-        """Publish one batch; True when a full batch suggests more are waiting."""
-        batch = await messaging.unsent(conn, self._batch_size)
+        """Publish one batch; False when there was nothing to publish."""
+        batch = await self._next_batch(conn)
         if not batch:
             return False
         acks = [await self._publish(message) for message in batch]
         await asyncio.gather(*acks)
         self._fault_point(batch)
-        await messaging.mark_sent(conn, [m.id for m in batch])
+        if not self._unmarked:
+            self._unmarked_since = time.monotonic()
+        self._unmarked.extend(m.id for m in batch)
         self._on_published(len(batch))
-        return len(batch) == self._batch_size
+        return True
+
+    async def _next_batch(self, conn: asyncpg.Connection) -> list[messaging.OutboxMessage]:
+        """Rows handed over in memory or, when others may wait, the oldest unsent ones.
+
+        A table read also returns rows of this process committed before it,
+        handed over before or after it returns: :meth:`committed` and this drop
+        them from the hand-over, so each is published once here. Published rows
+        are marked first, so the read does not return them again.
+        """
+        if self._read_table:
+            await self._mark(conn)
+            batch = await messaging.unsent(conn, self._batch_size)
+            self._read_table = len(batch) == self._batch_size
+            self._last_read = {m.id for m in batch}
+            self._handed = [m for m in self._handed if m.id not in self._last_read]
+            return batch
+        batch, self._handed = self._handed[:self._batch_size], self._handed[self._batch_size:]
+        return batch
+
+    async def _maybe_mark(self, conn: asyncpg.Connection) -> None:
+        """Mark published rows sent once the oldest has waited ``mark_every_s`` (or many wait)."""
+        if not self._unmarked:
+            return
+        due = time.monotonic() - self._unmarked_since >= self._mark_every_s
+        if due or len(self._unmarked) >= self._batch_size:
+            await self._mark(conn)
+
+    async def _mark_on_stop(self, conn: asyncpg.Connection) -> None:
+        """A clean stop marks what it published, so the next leader repeats nothing."""
+        try:
+            await self._mark(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.info("outbox relay stopped with %d rows unmarked (%s); they will be"
+                     " published again", len(self._unmarked), exc)
+
+    async def _mark(self, conn: asyncpg.Connection) -> None:
+        if self._unmarked:
+            await messaging.mark_sent(conn, self._unmarked)
+            self._unmarked = []
 
     def _fault_point(self, batch: list[messaging.OutboxMessage]) -> None:
         """Test-only: die like ``kill -9`` after publishing the n-th batch, before marking it.

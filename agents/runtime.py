@@ -74,6 +74,7 @@ class ServiceRuntime:
         self.out_topic = settings.topic(out_topic)
         self.dead_letters = DeadLetters(app, settings.topic(DEAD_LETTERS), service)
         self._pool: asyncpg.Pool | None = None
+        self._step_conn: asyncpg.Connection | None = None
         self._handler: Handler | None = None
         self._started = asyncio.Lock()
         self.relay = OutboxRelay(
@@ -155,7 +156,7 @@ class ServiceRuntime:
                 return
             await self._dead_letter_failed(*work[0], exc)
             return
-        self.relay.wake()
+        self.relay.committed([row for step in results for row in step.outbox])
         for (envelope, _), step in zip(work, results, strict=True):
             self._count(envelope.type, "applied" if step.applied else "duplicate")
             if step.applied and self._on_committed is not None:
@@ -168,17 +169,40 @@ class ServiceRuntime:
         delay = 0.05
         while True:
             try:
+                conn = await self._step_connection()
                 return await apply_steps(
-                    self.pool, [envelope for envelope, _ in work], self._handler,
+                    conn, [envelope for envelope, _ in work], self._handler,
                     self.out_topic, lambda envelope: self._handling(envelope, messages),
-                    origin=self.relay.origin,
+                    notify=not self.relay.is_leader,  # else handed over in-process
                 )
             except TRANSIENT_ERRORS as exc:
+                await self._drop_step_connection()
                 metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
                 log.warning("%s: %s on a batch of %d, retrying in %.2fs", self.service,
                             type(exc).__name__, len(work), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _step_connection(self) -> asyncpg.Connection:
+        """The pooled connection the steps keep between batches.
+
+        Batches run one after another, so one connection serves them all; keeping
+        it saves the pool's reset round trip on every release. It goes back to
+        the pool (whose reset then checks it) only after a failure.
+        """
+        if self._step_conn is None:
+            self._step_conn = await self.pool.acquire()
+        return self._step_conn
+
+    async def _drop_step_connection(self) -> None:
+        """Give the connection back after a failure; the pool's reset drops a broken one."""
+        conn, self._step_conn = self._step_conn, None
+        if conn is None:
+            return
+        try:
+            await self.pool.release(conn)
+        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:  # release terminated it
+            log.info("%s: dropped a broken step connection (%s)", self.service, exc)
 
     @contextmanager
     def _handling(

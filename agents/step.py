@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 
@@ -45,26 +45,28 @@ def _untraced(envelope: Envelope) -> Iterator[dict[str, str]]:
 
 
 async def apply_steps(
-    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
     envelopes: list[Envelope],
     handler: Handler,
     out_topic: str,
     around: Tracing = _untraced,
-    origin: str = "",
+    *,
+    notify: bool = True,
 ) -> list[StepResult]:
-    """Apply events exactly once in ONE transaction and stage what they emit.
+    """Apply events exactly once in ONE transaction on ``conn`` and stage what they emit.
 
     Every event is claimed in the inbox (one statement for the batch); one
     already claimed is a duplicate and is skipped. The handler may define
     ``prepare(envelopes)`` (started before the transaction, e.g. the PSP calls)
     and ``lock(conn, envelopes)`` (rows it will touch, locked in one order).
-    ``origin`` names the relay the caller wakes itself (see ``messaging.enqueue``).
+    The staged outbox rows come back with their ids; ``notify`` wakes the
+    relays of other processes at commit (see ``messaging.enqueue``).
     """
     prepare = getattr(handler, "prepare", None)
     if prepare is not None:
         await prepare(envelopes)
     results: list[StepResult] = []
-    async with pool.acquire() as conn, conn.transaction():
+    async with conn.transaction():
         fresh = await messaging.claim_many(conn, [(e.event_id, e.type) for e in envelopes])
         await _lock_rows(conn, handler, [e for e in envelopes if e.event_id in fresh])
         for envelope in envelopes:
@@ -73,15 +75,18 @@ async def apply_steps(
                 continue
             with around(envelope) as headers:
                 results.append(await _run_step(conn, envelope, handler, out_topic, headers))
-        await messaging.enqueue(conn, [m for r in results for m in r.outbox], origin)
-    return results
+        staged = iter(await messaging.enqueue(conn, [m for r in results for m in r.outbox],
+                                              notify=notify))
+    return [replace(r, outbox=[next(staged) for _ in r.outbox]) if r.outbox else r
+            for r in results]
 
 
 async def apply_step(
     pool: asyncpg.Pool, envelope: Envelope, handler: Handler, out_topic: str
 ) -> StepResult:
     """Apply one event in its own transaction (:func:`apply_steps` with one event)."""
-    return (await apply_steps(pool, [envelope], handler, out_topic))[0]
+    async with pool.acquire() as conn:
+        return (await apply_steps(conn, [envelope], handler, out_topic))[0]
 
 
 async def _lock_rows(

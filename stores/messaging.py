@@ -7,7 +7,7 @@ business change, so "applied" and "emitted" can never disagree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 
@@ -38,27 +38,30 @@ async def claim_many(conn: asyncpg.Connection, events: Sequence[tuple[str, str]]
 
 
 async def enqueue(
-    conn: asyncpg.Connection, messages: Sequence[OutboxMessage], origin: str = ""
-) -> None:
-    """Add outgoing records and wake the relays of every worker on commit.
+    conn: asyncpg.Connection, messages: Sequence[OutboxMessage], *, notify: bool = True
+) -> list[OutboxMessage]:
+    """Add outgoing records; return them with their ids, in list (= publish) order.
 
-    One statement inserts the rows (in list order) and queues the NOTIFY. Its
-    payload names the ``origin`` relay, which is woken in-process and ignores it.
+    One statement inserts the rows and, with ``notify``, queues the NOTIFY that
+    wakes the relays of every worker on commit. A step whose own process runs
+    the publishing relay hands it the returned rows instead (no NOTIFY needed).
     """
     if not messages:
-        return
-    await conn.execute(
+        return []
+    rows = await conn.fetch(
         "WITH added AS (INSERT INTO outbox (topic, key, value, headers)"
         " SELECT t, k, v, h FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])"
-        " WITH ORDINALITY AS m(t, k, v, h, n) ORDER BY n RETURNING 1)"
-        " SELECT pg_notify($5, $6) FROM added LIMIT 1",
+        " WITH ORDINALITY AS m(t, k, v, h, n) ORDER BY n RETURNING id)"
+        " SELECT id, CASE WHEN $5 AND id = min(id) OVER () THEN pg_notify($6, '') END"
+        " FROM added ORDER BY id",
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.value for m in messages],
         [m.headers for m in messages],
+        notify,
         OUTBOX_CHANNEL,
-        origin,
     )
+    return [replace(m, id=r["id"]) for m, r in zip(messages, rows, strict=True)]
 
 
 async def unsent(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:

@@ -58,10 +58,12 @@ async def pool(relay_db: Settings) -> AsyncIterator[asyncpg.Pool]:
     await opened.close()
 
 
-async def enqueue(pool: asyncpg.Pool, key: bytes, values: list[bytes], origin: str) -> None:
+async def enqueue(pool: asyncpg.Pool, key: bytes, values: list[bytes], *,
+                  notify: bool = True) -> list[messaging.OutboxMessage]:
+    """Commit outbox rows as a step of some worker does: with a NOTIFY, or without."""
     async with pool.acquire() as conn, conn.transaction():
-        await messaging.enqueue(conn, [messaging.OutboxMessage("t", key, v) for v in values],
-                                origin)
+        return await messaging.enqueue(
+            conn, [messaging.OutboxMessage("t", key, v) for v in values], notify=notify)
 
 
 async def unsent(pool: asyncpg.Pool, key: bytes) -> int:
@@ -96,8 +98,8 @@ async def test_a_commit_in_another_worker_wakes_the_relay_which_publishes_in_ord
     task = await started(relay)
     try:
         values = [f"event-{i}".encode() for i in range(5)]
-        await enqueue(pool, key, values[:2], origin="another-worker")
-        await enqueue(pool, key, values[2:], origin="another-worker")
+        await enqueue(pool, key, values[:2], notify=True)
+        await enqueue(pool, key, values[2:], notify=True)
         await until(lambda: len(recorder.values(key)) == 5, "5 published")
         assert recorder.values(key) == values
         await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, "rows marked sent")
@@ -105,13 +107,47 @@ async def test_a_commit_in_another_worker_wakes_the_relay_which_publishes_in_ord
         await stop(task)
 
 
-def test_the_relay_ignores_a_notify_from_its_own_process_and_wakes_on_others() -> None:
-    """Its own commits wake it in-process (``wake``); their NOTIFY would be a second wake-up."""
+async def test_rows_handed_over_in_process_are_published_and_marked_without_a_notify(
+    relay_db: Settings, pool: asyncpg.Pool
+) -> None:
+    recorder, key = Recorder(), uuid.uuid4().bytes
+    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder,
+                        safety_poll_s=NO_SAFETY_POLL_S)
+    task = await started(relay)
+    try:
+        await until(lambda: relay.is_leader, "leader")
+        rows = await enqueue(pool, key, [b"a", b"b"], notify=False)
+        assert [r.id for r in rows] == sorted(r.id for r in rows) and all(r.id for r in rows)
+        relay.committed(rows)
+        await until(lambda: recorder.values(key) == [b"a", b"b"], "handed rows published")
+        await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, "rows marked sent")
+    finally:
+        await stop(task)
+
+
+async def test_a_row_handed_over_and_also_read_from_the_table_is_published_once(
+    relay_db: Settings, pool: asyncpg.Pool
+) -> None:
+    recorder, key = Recorder(), uuid.uuid4().bytes
+    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder,
+                        safety_poll_s=NO_SAFETY_POLL_S)
+    task = await started(relay)
+    try:
+        await until(lambda: relay.is_leader, "leader")
+        relay.committed(await enqueue(pool, key, [b"both"], notify=True))  # NOTIFY: a read
+        await until(lambda: b"both" in recorder.values(key), "published")
+        await enqueue(pool, key, [b"sentinel"], notify=True)  # one more read, after any repeat
+        await until(lambda: b"sentinel" in recorder.values(key), "sentinel published")
+        assert recorder.values(key) == [b"both", b"sentinel"]
+    finally:
+        await stop(task)
+
+
+def test_a_relay_that_does_not_lead_ignores_rows_handed_to_it() -> None:
+    """The step that committed them sent a NOTIFY, which wakes the leader wherever it runs."""
     relay = OutboxRelay("postgresql://unused", "orders", Recorder())
-    relay._on_notify(None, 0, messaging.OUTBOX_CHANNEL, relay.origin)
+    relay.committed([messaging.OutboxMessage("t", b"k", b"v", id=1)])
     assert not relay._wake.is_set()
-    relay._on_notify(None, 0, messaging.OUTBOX_CHANNEL, "another-worker")
-    assert relay._wake.is_set()
 
 
 async def test_only_one_of_two_relays_publishes_and_the_other_takes_over(
@@ -126,13 +162,15 @@ async def test_only_one_of_two_relays_publishes_and_the_other_takes_over(
     try:
         await until(lambda: any(r.is_leader for r in relays), "a leader")
         assert sum(r.is_leader for r in relays) == 1
-        await enqueue(pool, key, [b"first"], origin="another-worker")
+        await enqueue(pool, key, [b"first"], notify=True)
         await until(lambda: recorder.values(key) == [b"first"], "published once")
+        # marked, so the standby has nothing to repeat (a stop before the mark would repeat it)
+        await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, "first marked sent")
 
         leader = next(i for i, r in enumerate(relays) if r.is_leader)
         await stop(tasks[leader])  # its connection closes and the advisory lock with it
         survivor = relays[1 - leader]
-        await enqueue(pool, key, [b"second"], origin="another-worker")
+        await enqueue(pool, key, [b"second"], notify=True)
         await until(lambda: recorder.values(key) == [b"first", b"second"],
                     "the standby published")
         assert survivor.is_leader

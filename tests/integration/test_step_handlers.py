@@ -251,8 +251,9 @@ async def test_gateway_timeout_leaves_unknown_and_cancel_voids(seeded, pay_handl
 async def test_two_charges_of_one_order_in_one_batch_capture_once(seeded, pay_handler) -> None:
     """prepare() starts one PSP call per order; the second event makes its own call."""
     pool, oid = seeded["payments"], new_order_id()
-    results = await apply_steps(pool, [envelope(oid, reserved()), envelope(oid, reserved())],
-                                pay_handler, "test-out")
+    async with pool.acquire() as conn:
+        results = await apply_steps(conn, [envelope(oid, reserved()), envelope(oid, reserved())],
+                                    pay_handler, "test-out")
     assert [[e.type for e in r.emitted] for r in results] == [["PaymentCompleted"], []]
     assert all(r.applied for r in results)
     assert (await psp(pool, oid))["status"] == "CAPTURED"
