@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 import faust
+import mode.loop
 
 from config import Settings
 from config.settings import DATABASE_SERVICES
@@ -27,6 +28,7 @@ def builders() -> dict[str, Callable[[Settings], faust.App]]:
 
 def run_worker(service: str, settings: Settings, loglevel: str = "info") -> None:
     """Migrate the service's database, then run its Faust worker until stopped."""
+    mode.loop.use(settings.event_loop)  # before any loop exists, as `faust worker --loop`
     if service in DATABASE_SERVICES:
         applied = asyncio.run(prepare_database(settings, service))
         if applied:

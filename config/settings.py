@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         " in memory, and Tansu's highwater can be one short of what was read (the check"
         " then crashes the worker on a rebalance with ConsistencyError).",
     )
+    event_loop: Literal["uvloop", "aio"] = Field(
+        default="uvloop", description="the workers' asyncio event loop (mode.loop.use)"
+    )
     session_timeout_s: float = Field(
         default=6.0, gt=0, description="consumer session timeout; Tansu joins take about half of it"
     )
