@@ -29,8 +29,15 @@ def broker_url(settings: Settings) -> str:
     return ";".join(f"oms://{h.strip()}" for h in hosts)  # agents/kafka_transport.py
 
 
-def create_app(service: str, settings: Settings, *, faust_sensor: bool = True) -> faust.App:
-    """A Faust app with the OMS defaults: its own consumer group, web port and /metrics."""
+def create_app(
+    service: str, settings: Settings, *, faust_sensor: bool = True,
+    fetch_max_wait_ms: int | None = None,
+) -> faust.App:
+    """A Faust app with the OMS defaults: its own consumer group, web port and /metrics.
+
+    ``fetch_max_wait_ms`` (default ``settings.fetch_max_wait_ms``) is the
+    consumer's long-poll; on Tansu it is also the time every fetch takes.
+    """
     datadir = Path(settings.data_dir) / "faust" / service
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -52,7 +59,8 @@ def create_app(service: str, settings: Settings, *, faust_sensor: bool = True) -
         stream_wait_empty=False,
         datadir=str(datadir),
     )
-    app.fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    app.fetch_max_wait_ms = (  # type: ignore[attr-defined]
+        fetch_max_wait_ms or settings.fetch_max_wait_ms)
     setup_prometheus_sensors(app, pattern="/metrics")
     metrics.install_lag_gauge(app, service)
     tracing.instrument_app(app, service, settings, faust_sensor=faust_sensor)

@@ -42,7 +42,12 @@ class Settings(BaseSettings):
     partitions: int = Field(default=4, ge=1, le=256)
     replication_factor: int = Field(default=1, ge=1)
     fetch_max_wait_ms: int = Field(
-        default=20, ge=0, le=1500, description="consumer long-poll; bounds each saga hop's wait"
+        default=20, ge=1, le=1500, description="consumer long-poll; bounds each saga hop's wait"
+    )
+    tracker_fetch_max_wait_ms: int = Field(
+        default=200, ge=1, le=1500,
+        description="the tracker's long-poll: it is off the orders' path, and a longer wait"
+        " means fewer fetches and bigger batches (one table write per saga per batch)",
     )
     batch_max: int = Field(
         default=200, ge=1, description="events applied in one step transaction at most"
