@@ -1,0 +1,72 @@
+"""The tracker applies a batch of events and writes each saga's row once.
+
+A table write is a changelog record, so the number of writes is what a batch
+saves. The table here is a dict that counts writes (the Faust table's own
+changelog is not what is under test); the events and the transitions are real.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types.tuples import Message
+
+from agents.orchestrator import Tracker
+from agents.saga import CONFIRMED, RUNNING
+from schemas.codec import encode
+from schemas.oms_pb2 import Envelope, InventoryReserved, OrderConfirmed, OrderCreated
+from tests.conftest import make_settings
+from tests.helpers import envelope
+
+
+class CountingTable(dict[bytes, Any]):
+    """A saga table that counts how often each row is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: dict[bytes, int] = {}
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        self.writes[key] = self.writes.get(key, 0) + 1
+        super().__setitem__(key, value)
+
+
+def message(event: Envelope, offset: int) -> Message:
+    return Message("oms.order-events", 0, offset, 0.0, 0, [], event.order_id.encode(),
+                   encode(event), None)
+
+
+def tracker(tmp_path: Path) -> tuple[Tracker, CountingTable]:
+    tracked = Tracker(faust.App("test-tracker-batch"), make_settings(tmp_path))
+    table = CountingTable()
+    tracked.sagas = table  # type: ignore[assignment]
+    return tracked, table
+
+
+async def test_a_batch_writes_each_saga_once_with_every_step(tmp_path: Path) -> None:
+    tracked, table = tracker(tmp_path)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    events = [envelope(first, OrderCreated(amount_cents=500)),
+              envelope(second, OrderCreated(amount_cents=700)),
+              envelope(first, InventoryReserved(amount_cents=500)),
+              envelope(first, OrderConfirmed(amount_cents=500))]
+    await tracked.on_batch([message(e, i) for i, e in enumerate(events)])
+
+    assert table.writes == {first.encode(): 1, second.encode(): 1}
+    done = table[first.encode()]
+    assert done["status"] == CONFIRMED
+    assert [s["type"] for s in done["steps"]] == ["OrderCreated", "InventoryReserved",
+                                                  "OrderConfirmed"]
+    assert table[second.encode()]["status"] == RUNNING
+
+
+async def test_a_redelivered_batch_adds_no_step(tmp_path: Path) -> None:
+    tracked, table = tracker(tmp_path)
+    oid = str(uuid.uuid4())
+    batch = [message(envelope(oid, OrderCreated(amount_cents=500)), 0)]
+    await tracked.on_batch(batch)
+    await tracked.on_batch(batch)
+    assert len(table[oid.encode()]["steps"]) == 1
