@@ -59,6 +59,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._handed: list[messaging.OutboxMessage] = []  # committed here, not yet published
         self._read_table = True  # rows may wait that were not handed over: read them
+        self._read_at = 0.0
         self._last_read: set[int] = set()  # ids the last table read published
         self._unmarked: list[int] = []  # published, not yet marked sent
         self._unmarked_since = 0.0
@@ -102,7 +103,7 @@ class OutboxRelay:
             self.connected = True
             await conn.add_listener(messaging.OUTBOX_CHANNEL, self._on_notify)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
-                await self._sleep()
+                await self._sleep(self._safety_poll_s)
             self._read_table = True  # whatever was committed before we led
             self.is_leader = True
             while True:
@@ -110,7 +111,7 @@ class OutboxRelay:
                 await self._maybe_mark(conn)
                 await self._maybe_purge(conn)
                 if not published:
-                    await self._sleep()
+                    await self._sleep(self._until_due())
         except asyncio.CancelledError:
             await self._mark_on_stop(conn)
             raise
@@ -133,16 +134,19 @@ class OutboxRelay:
         if purged:
             log.info("outbox relay purged %d published rows", purged)
 
-    async def _sleep(self) -> None:
-        """Wait for a wake-up, the safety poll (then read the table) or the mark deadline."""
-        timeout = self._safety_poll_s
+    def _until_due(self) -> float:
+        """Seconds until the next safety read or mark deadline, whichever comes first."""
+        due = self._read_at + self._safety_poll_s
         if self._unmarked:
-            timeout = min(timeout, self._unmarked_since + self._mark_every_s - time.monotonic())
+            due = min(due, self._unmarked_since + self._mark_every_s)
+        return due - time.monotonic()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait for a wake-up (a hand-over or a NOTIFY), at most ``seconds``."""
         try:
-            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.0))
+            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.0))
         except TimeoutError:
-            if not self._unmarked:
-                self._read_table = True
+            pass
         self._wake.clear()
 
     async def _drain(self, conn: asyncpg.Connection) -> bool:
@@ -162,13 +166,16 @@ class OutboxRelay:
     async def _next_batch(self, conn: asyncpg.Connection) -> list[messaging.OutboxMessage]:
         """Rows handed over in memory or, when others may wait, the oldest unsent ones.
 
-        A table read also returns rows of this process committed before it,
-        handed over before or after it returns: :meth:`committed` and this drop
-        them from the hand-over, so each is published once here. Published rows
-        are marked first, so the read does not return them again.
+        The table is also read every ``safety_poll_s`` however busy the hand-over
+        keeps the relay, in case a NOTIFY was lost. A read also returns rows of
+        this process committed before it, handed over before or after it
+        returns: :meth:`committed` and this drop them from the hand-over, so
+        each is published once here. Published rows are marked first, so the
+        read does not return them again.
         """
-        if self._read_table:
+        if self._read_table or time.monotonic() - self._read_at >= self._safety_poll_s:
             await self._mark(conn)
+            self._read_at = time.monotonic()
             batch = await messaging.unsent(conn, self._batch_size)
             self._read_table = len(batch) == self._batch_size
             self._last_read = {m.id for m in batch}

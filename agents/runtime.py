@@ -188,8 +188,12 @@ class ServiceRuntime:
 
         Batches run one after another, so one connection serves them all; keeping
         it saves the pool's reset round trip on every release. It goes back to
-        the pool (whose reset then checks it) only after a failure.
+        the pool (whose reset then checks it) after a failure, or when a batch
+        was interrupted and left it closed or inside its transaction.
         """
+        conn = self._step_conn
+        if conn is not None and (conn.is_closed() or conn.is_in_transaction()):
+            await self._drop_step_connection()
         if self._step_conn is None:
             self._step_conn = await self.pool.acquire()
         return self._step_conn

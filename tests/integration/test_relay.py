@@ -143,6 +143,27 @@ async def test_a_row_handed_over_and_also_read_from_the_table_is_published_once(
         await stop(task)
 
 
+async def test_the_safety_read_finds_a_row_whose_notify_was_lost_while_hand_overs_keep_it_busy(
+    relay_db: Settings, pool: asyncpg.Pool
+) -> None:
+    recorder, key, own = Recorder(), uuid.uuid4().bytes, uuid.uuid4().bytes
+    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder, safety_poll_s=0.2)
+    task = await started(relay)
+
+    async def hand_over_forever() -> None:  # this process's own steps, one after another
+        while True:
+            relay.committed(await enqueue(pool, own, [b"own"], notify=False))
+
+    busy = asyncio.create_task(hand_over_forever())
+    try:
+        await until(lambda: relay.is_leader and recorder.values(own), "hand-overs published")
+        await enqueue(pool, key, [b"lost"], notify=False)  # another worker's, NOTIFY lost
+        await until(lambda: recorder.values(key) == [b"lost"], "the lost row published")
+    finally:
+        await stop(busy)
+        await stop(task)
+
+
 def test_a_relay_that_does_not_lead_ignores_rows_handed_to_it() -> None:
     """The step that committed them sent a NOTIFY, which wakes the leader wherever it runs."""
     relay = OutboxRelay("postgresql://unused", "orders", Recorder())

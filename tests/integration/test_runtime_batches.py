@@ -85,3 +85,20 @@ async def test_a_redelivered_batch_changes_nothing(
     await runtime.process_batch(batch)
     assert await outbox_types(pools["orders"], oid) == ["OrderCreated"]
     assert runtime.dead_letters.parked == []  # type: ignore[attr-defined]
+
+
+async def test_a_batch_after_the_kept_connection_was_killed_commits(
+    runtime: ServiceRuntime, pools: dict[str, asyncpg.Pool]
+) -> None:
+    """The runtime keeps one connection between batches; a killed backend costs a retry."""
+    await runtime.process_batch([kafka_message(place(new_order_id()), 0)])
+    kept = runtime._step_conn
+    assert kept is not None
+    killer = pools["orders"]
+    await killer.execute("SELECT pg_terminate_backend($1)", kept.get_server_pid())
+
+    oid = new_order_id()
+    await runtime.process_batch([kafka_message(place(oid), 1)])
+    assert await outbox_types(pools["orders"], oid) == ["OrderCreated"]
+    assert runtime._step_conn is not None and runtime._step_conn is not kept
+    assert runtime.dead_letters.parked == []  # type: ignore[attr-defined]
