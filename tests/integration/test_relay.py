@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -89,79 +90,75 @@ async def stop(task: asyncio.Task[None]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+@asynccontextmanager
+async def leading(
+    relay_db: Settings, safety_poll_s: float = NO_SAFETY_POLL_S
+) -> AsyncIterator[tuple[OutboxRelay, Recorder]]:
+    """A running relay that leads (the only one), and what it publishes."""
+    recorder = Recorder()
+    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder, safety_poll_s=safety_poll_s)
+    task = await started(relay)
+    try:
+        await until(lambda: relay.is_leader, "leader")
+        yield relay, recorder
+    finally:
+        await stop(task)
+
+
 async def test_a_commit_in_another_worker_wakes_the_relay_which_publishes_in_order(
     relay_db: Settings, pool: asyncpg.Pool
 ) -> None:
-    recorder, key = Recorder(), uuid.uuid4().bytes
-    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder,
-                        safety_poll_s=NO_SAFETY_POLL_S)
-    task = await started(relay)
-    try:
+    key = uuid.uuid4().bytes
+    async with leading(relay_db) as (_, recorder):
         values = [f"event-{i}".encode() for i in range(5)]
         await enqueue(pool, key, values[:2], notify=True)
         await enqueue(pool, key, values[2:], notify=True)
         await until(lambda: len(recorder.values(key)) == 5, "5 published")
         assert recorder.values(key) == values
         await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, "rows marked sent")
-    finally:
-        await stop(task)
 
 
 async def test_rows_handed_over_in_process_are_published_and_marked_without_a_notify(
     relay_db: Settings, pool: asyncpg.Pool
 ) -> None:
-    recorder, key = Recorder(), uuid.uuid4().bytes
-    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder,
-                        safety_poll_s=NO_SAFETY_POLL_S)
-    task = await started(relay)
-    try:
-        await until(lambda: relay.is_leader, "leader")
+    key = uuid.uuid4().bytes
+    async with leading(relay_db) as (relay, recorder):
         rows = await enqueue(pool, key, [b"a", b"b"], notify=False)
         assert [r.id for r in rows] == sorted(r.id for r in rows) and all(r.id for r in rows)
         relay.committed(rows)
         await until(lambda: recorder.values(key) == [b"a", b"b"], "handed rows published")
         await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, "rows marked sent")
-    finally:
-        await stop(task)
 
 
 async def test_a_row_handed_over_and_also_read_from_the_table_is_published_once(
     relay_db: Settings, pool: asyncpg.Pool
 ) -> None:
-    recorder, key = Recorder(), uuid.uuid4().bytes
-    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder,
-                        safety_poll_s=NO_SAFETY_POLL_S)
-    task = await started(relay)
-    try:
-        await until(lambda: relay.is_leader, "leader")
+    key = uuid.uuid4().bytes
+    async with leading(relay_db) as (relay, recorder):
         relay.committed(await enqueue(pool, key, [b"both"], notify=True))  # NOTIFY: a read
         await until(lambda: b"both" in recorder.values(key), "published")
         await enqueue(pool, key, [b"sentinel"], notify=True)  # one more read, after any repeat
         await until(lambda: b"sentinel" in recorder.values(key), "sentinel published")
         assert recorder.values(key) == [b"both", b"sentinel"]
-    finally:
-        await stop(task)
 
 
 async def test_the_safety_read_finds_a_row_whose_notify_was_lost_while_hand_overs_keep_it_busy(
     relay_db: Settings, pool: asyncpg.Pool
 ) -> None:
-    recorder, key, own = Recorder(), uuid.uuid4().bytes, uuid.uuid4().bytes
-    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder, safety_poll_s=0.2)
-    task = await started(relay)
+    key, own = uuid.uuid4().bytes, uuid.uuid4().bytes
+    async with leading(relay_db, safety_poll_s=0.2) as (relay, recorder):
 
-    async def hand_over_forever() -> None:  # this process's own steps, one after another
-        while True:
-            relay.committed(await enqueue(pool, own, [b"own"], notify=False))
+        async def hand_over_forever() -> None:  # this process's own steps, one after another
+            while True:
+                relay.committed(await enqueue(pool, own, [b"own"], notify=False))
 
-    busy = asyncio.create_task(hand_over_forever())
-    try:
-        await until(lambda: relay.is_leader and recorder.values(own), "hand-overs published")
-        await enqueue(pool, key, [b"lost"], notify=False)  # another worker's, NOTIFY lost
-        await until(lambda: recorder.values(key) == [b"lost"], "the lost row published")
-    finally:
-        await stop(busy)
-        await stop(task)
+        busy = asyncio.create_task(hand_over_forever())
+        try:
+            await until(lambda: bool(recorder.values(own)), "hand-overs published")
+            await enqueue(pool, key, [b"lost"], notify=False)  # another worker's, NOTIFY lost
+            await until(lambda: recorder.values(key) == [b"lost"], "the lost row published")
+        finally:
+            await stop(busy)
 
 
 def test_a_relay_that_does_not_lead_ignores_rows_handed_to_it() -> None:
