@@ -30,8 +30,7 @@ def broker_url(settings: Settings) -> str:
 
 
 def create_app(
-    service: str, settings: Settings, *, faust_sensor: bool = True,
-    fetch_max_wait_ms: int | None = None,
+    service: str, settings: Settings, *, fetch_max_wait_ms: int | None = None
 ) -> faust.App:
     """A Faust app with the OMS defaults: its own consumer group, web port and /metrics.
 
@@ -63,7 +62,7 @@ def create_app(
         fetch_max_wait_ms or settings.fetch_max_wait_ms)
     setup_prometheus_sensors(app, pattern="/metrics")
     metrics.install_lag_gauge(app, service)
-    tracing.instrument_app(app, service, settings, faust_sensor=faust_sensor)
+    tracing.setup_tracing(service, settings)
     return app
 
 
@@ -98,7 +97,7 @@ def service_app(
     on_committed: Callable[[list[Envelope]], None] | None = None,
 ) -> tuple[faust.App, ServiceRuntime]:
     """Wire a database-backed saga service: one agent over its sources, the relay, health."""
-    app = create_app(service, settings, faust_sensor=False)  # batches trace themselves
+    app = create_app(service, settings)
     runtime = ServiceRuntime(app, settings, service, handler_factory, output, handled,
                              on_committed)
     topic = app.topic(

@@ -183,8 +183,7 @@ def _reason_label(reason: str) -> str:
 
 def build(settings: Settings) -> faust.App:
     """The tracker Faust app."""
-    app = create_app(SERVICE, settings, faust_sensor=False,  # batches trace themselves
-                     fetch_max_wait_ms=settings.tracker_fetch_max_wait_ms)
+    app = create_app(SERVICE, settings, fetch_max_wait_ms=settings.tracker_fetch_max_wait_ms)
     tracker = Tracker(app, settings)
     topic = app.topic(*(settings.topic(s) for s in SOURCES), key_type=bytes, value_type=bytes,
                       key_serializer="raw", value_serializer="raw")

@@ -4,11 +4,12 @@ Where the spans come from, in causal order:
 
 - intake (``OrderClient``, ``POST /orders/``): a PRODUCER ``{topic} publish``
   span; its context leaves in the record's W3C ``traceparent`` header.
-- consuming: faust's own :class:`faust.contrib.opentelemetry.OpenTelemetrySensor`
-  extracts that header and keeps a CONSUMER ``{topic} process`` span current
-  while the agent handles the event (it only reads headers, so our raw-bytes
-  agents fit it). The runtime and the tracker name the event on it and open a
-  child ``handle {type}`` span around their handler.
+- consuming (:func:`consuming`): for each event of a batch, a CONSUMER
+  ``{topic} process`` span parented by that header, as faust's own
+  ``faust.contrib.opentelemetry`` sensor makes it, and a child
+  ``handle {type}`` span around the handler. The sensor itself is not used:
+  every agent takes batches (:func:`agents.batching.take_batches`), and the
+  sensor's span would end when an event is buffered, before it is handled.
 - the step stores the handler span's context with each outbox row
   (``outbox.headers``); the relay opens a PRODUCER ``publish`` span under it
   and sends *its* context in place of the stored one.
@@ -28,8 +29,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import faust
-from faust.contrib.opentelemetry import setup_opentelemetry
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -79,20 +78,6 @@ def setup_tracing(service: str, settings: Settings) -> TracerProvider | None:
         _provider.add_span_processor(_processor(kind, exporter))
         log.info("%s: tracing to %s", service, kind)
     return _provider
-
-
-def instrument_app(
-    app: faust.App, service: str, settings: Settings, *, faust_sensor: bool = True
-) -> None:
-    """Set up tracing for ``app``'s process and register faust's process-span sensor.
-
-    Batched agents (:func:`agents.batching.take_batches`) open their per-event
-    ``process`` spans themselves (:func:`consuming`): faust's sensor would time
-    the buffering, not the handling, so those apps pass ``faust_sensor=False``.
-    """
-    setup_tracing(service, settings)
-    if faust_sensor:
-        setup_opentelemetry(app)
 
 
 def _make_exporter(kind: str, service: str, settings: Settings) -> SpanExporter:
@@ -181,14 +166,6 @@ def event_attributes(envelope: Envelope, topic: str, operation: str) -> dict[str
         "order.id": envelope.order_id,
         "oms.event_type": envelope.type,
     }
-
-
-def annotate_current(envelope: Envelope) -> None:
-    """Name the event on the current (faust ``process``) span so it can be searched."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attributes({"messaging.message.id": envelope.event_id,
-                             "order.id": envelope.order_id, "oms.event_type": envelope.type})
 
 
 @contextmanager
