@@ -58,8 +58,9 @@ def create_app(
         stream_wait_empty=False,
         datadir=str(datadir),
     )
-    app.fetch_max_wait_ms = (  # type: ignore[attr-defined]
-        fetch_max_wait_ms or settings.fetch_max_wait_ms)
+    if fetch_max_wait_ms is None:
+        fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.fetch_max_wait_ms = fetch_max_wait_ms  # type: ignore[attr-defined]
     setup_prometheus_sensors(app, pattern="/metrics")
     metrics.install_lag_gauge(app, service)
     tracing.setup_tracing(service, settings)

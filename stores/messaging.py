@@ -43,8 +43,9 @@ async def enqueue(
     """Add outgoing records; return them with their ids, in list (= publish) order.
 
     One statement inserts the rows and, with ``notify``, queues the NOTIFY that
-    wakes the relays of every worker on commit. A step whose own process runs
-    the publishing relay hands it the returned rows instead (no NOTIFY needed).
+    wakes the relays of every worker on commit (PostgreSQL delivers identical
+    notifications of one transaction once). A step whose own process runs the
+    publishing relay hands it the returned rows instead (no NOTIFY needed).
     """
     if not messages:
         return []
@@ -52,8 +53,7 @@ async def enqueue(
         "WITH added AS (INSERT INTO outbox (topic, key, value, headers)"
         " SELECT t, k, v, h FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])"
         " WITH ORDINALITY AS m(t, k, v, h, n) ORDER BY n RETURNING id)"
-        " SELECT id, CASE WHEN $5 AND id = min(id) OVER () THEN pg_notify($6, '') END"
-        " FROM added ORDER BY id",
+        " SELECT id, CASE WHEN $5 THEN pg_notify($6, '') END FROM added ORDER BY id",
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.value for m in messages],

@@ -72,6 +72,10 @@ async def unsent(pool: asyncpg.Pool, key: bytes) -> int:
         "SELECT count(*) FROM outbox WHERE key = $1 AND sent_at IS NULL", key))
 
 
+async def all_marked(pool: asyncpg.Pool, key: bytes, what: str = "rows marked sent") -> None:
+    await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, what)
+
+
 async def until(condition: Callable[[], bool], what: str) -> None:
     async def probe() -> bool:
         return condition()
@@ -115,7 +119,7 @@ async def test_a_commit_in_another_worker_wakes_the_relay_which_publishes_in_ord
         await enqueue(pool, key, values[2:], notify=True)
         await until(lambda: len(recorder.values(key)) == 5, "5 published")
         assert recorder.values(key) == values
-        await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, "rows marked sent")
+        await all_marked(pool, key)
 
 
 async def test_rows_handed_over_in_process_are_published_and_marked_without_a_notify(
@@ -127,7 +131,7 @@ async def test_rows_handed_over_in_process_are_published_and_marked_without_a_no
         assert [r.id for r in rows] == sorted(r.id for r in rows) and all(r.id for r in rows)
         relay.committed(rows)
         await until(lambda: recorder.values(key) == [b"a", b"b"], "handed rows published")
-        await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, "rows marked sent")
+        await all_marked(pool, key)
 
 
 async def test_a_row_handed_over_and_also_read_from_the_table_is_published_once(
@@ -183,7 +187,7 @@ async def test_only_one_of_two_relays_publishes_and_the_other_takes_over(
         await enqueue(pool, key, [b"first"], notify=True)
         await until(lambda: recorder.values(key) == [b"first"], "published once")
         # marked, so the standby has nothing to repeat (a stop before the mark would repeat it)
-        await eventually(lambda: unsent(pool, key), lambda n: n == 0, 10, "first marked sent")
+        await all_marked(pool, key, "first marked sent")
 
         leader = next(i for i, r in enumerate(relays) if r.is_leader)
         await stop(tasks[leader])  # its connection closes and the advisory lock with it
