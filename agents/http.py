@@ -1,4 +1,4 @@
-"""Bearer-token guard for mutating endpoints."""
+"""What every service's web views share: the bearer-token guard of mutating endpoints."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Fills a topic on an embedded Tansu broker, then reads it twice and prints the
 CPU microseconds per record: once with a plain aiokafka consumer, once with a
-Faust worker whose agent takes batches (:func:`agents.batching.take_batches`,
+Faust worker whose agent takes batches (:func:`agents.messaging.batching.take_batches`,
 as the services do) and does nothing else, with and without Faust's
 Prometheus sensor. An order makes about 18 events reach some agent (the
 tracker reads all of them, and orders and payments read topics of which they
@@ -29,7 +29,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from agents.embedded import start_broker
+from agents.dev.embedded import start_broker
 
 TOPIC = "floor"
 PARTITIONS = 4
@@ -90,7 +90,7 @@ def worker() -> None:
     import mode.loop
     from faust.sensors.prometheus import setup_prometheus_sensors
 
-    from agents.batching import take_batches
+    from agents.messaging.batching import take_batches
 
     mode.loop.use("uvloop")  # as the services run
     records = int(os.environ["FLOOR_RECORDS"])

@@ -18,8 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from agents.embedded import EmbeddedBroker, start_broker
-from agents.stack import Stack, start_stack
+from agents.dev.embedded import EmbeddedBroker, start_broker
+from agents.dev.stack import Stack, start_stack
 from config import Settings
 from config.settings import DATABASE_SERVICES
 from stores.db import create_pool, prepare_database

@@ -10,8 +10,8 @@ from typing import TypeVar
 import asyncpg
 from google.protobuf.message import Message
 
-from agents.catalogue import price_of
-from agents.step import Handler, StepResult, apply_step
+from agents.dev.catalogue import price_of
+from agents.messaging.unit_of_work import Handler, StepResult, apply_step
 from config import Settings
 from schemas.codec import decode, new_envelope
 from schemas.oms_pb2 import Envelope, OrderLine

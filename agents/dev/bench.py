@@ -37,13 +37,14 @@ import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from agents.catalogue import REGULAR_SKUS, price_of
-from agents.demo import demo_order, percentile, settled_audit
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, start_stack
-from agents.topics import ORDER_COMMANDS, ORDER_EVENTS
+from agents.dev.catalogue import REGULAR_SKUS
+from agents.dev.demo import demo_order, percentile, place_order, settled_audit
+from agents.dev.stack import Stack, start_stack
+from agents.messaging import kafka
+from agents.topology import ORDER_COMMANDS, ORDER_EVENTS
 from config import Settings
 from schemas.codec import DecodeError, decode, encode
+from schemas.oms_pb2 import Envelope
 from stores.migrate import check_database_name, migrate
 
 _log = logging.getLogger(__name__)
@@ -81,21 +82,19 @@ class BenchConfig:
         return 1000
 
 
-def bench_order(i: int, settings: Settings, mix: Mix) -> PlaceOrderRequest:
+def bench_order(i: int, settings: Settings, mix: Mix) -> Envelope:
     """Order ``i`` of the mix: the demo's (a quarter cancel) or regular SKUs that all succeed."""
     if mix == "demo":
-        return demo_order(i, settings)
-    skus = [REGULAR_SKUS[(i + j) % len(REGULAR_SKUS)] for j in range(2)]
-    lines = [LineRequest(sku=s, quantity=1, unit_price_cents=price_of(s)) for s in skus]
-    return PlaceOrderRequest(order_id=uuid.uuid4(), customer_id=f"bench-{i % 97}",
-                             lines=lines, payment_token="tok_visa")
+        return demo_order(i, settings, producer="bench")
+    skus = [(REGULAR_SKUS[(i + j) % len(REGULAR_SKUS)], 1) for j in range(2)]
+    return place_order(skus, customer=f"bench-{i % 97}", producer="bench")
 
 
 # --------------------------------------------------------------- tracking
 
 
 @dataclass
-class Tracker:
+class OrderWatch:
     """In-process record of every order this run sent and saw finish."""
 
     total: int
@@ -169,8 +168,8 @@ async def open_terminal_consumer(settings: Settings) -> AIOKafkaConsumer:
     terminal event of this run can be missed and none of an older run is read.
     """
     topic = settings.topic(ORDER_EVENTS)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False, fetch_max_wait_ms=20)
+    consumer = kafka.consumer(settings, group_id=None, enable_auto_commit=False,
+                              fetch_max_wait_ms=20)
     await consumer.start()
     await consumer.topics()  # loads cluster metadata so the partitions are known
     partitions = consumer.partitions_for_topic(topic) or set()
@@ -184,7 +183,7 @@ async def open_terminal_consumer(settings: Settings) -> AIOKafkaConsumer:
     return consumer
 
 
-async def watch_terminals(consumer: AIOKafkaConsumer, tracker: Tracker) -> None:
+async def watch_terminals(consumer: AIOKafkaConsumer, tracker: OrderWatch) -> None:
     """Feed every fetched record to the tracker, stamped with the time it was read."""
     while True:
         batches = await consumer.getmany(timeout_ms=100)
@@ -195,7 +194,7 @@ async def watch_terminals(consumer: AIOKafkaConsumer, tracker: Tracker) -> None:
 
 
 async def place_orders(producer: AIOKafkaProducer, settings: Settings, cfg: BenchConfig,
-                       tracker: Tracker) -> None:
+                       tracker: OrderWatch) -> None:
     """Produce every order: on schedule (open loop) or whenever the window has room."""
     topic = settings.topic(ORDER_COMMANDS)
     start = time.monotonic()
@@ -208,7 +207,7 @@ async def place_orders(producer: AIOKafkaProducer, settings: Settings, cfg: Benc
                 tracker.send_lag_ms.append(-delay * 1000.0)
         elif tracker.window is not None:
             await tracker.window.acquire()
-        envelope = bench_order(i, settings, cfg.mix).to_envelope(producer="bench")
+        envelope = bench_order(i, settings, cfg.mix)
         value, key = encode(envelope), envelope.order_id.encode()
         tracker.record_sent(envelope.order_id, time.monotonic())
         delivery = await producer.send(topic, value, key=key)
@@ -415,7 +414,7 @@ async def _steps_until(conn: asyncpg.Connection, row: int, batch: int, deadline:
 # --------------------------------------------------------------- the run
 
 
-async def report_progress(tracker: Tracker, every_s: float, emit: Progress) -> None:
+async def report_progress(tracker: OrderWatch, every_s: float, emit: Progress) -> None:
     """Every ``every_s``: placed, finished, finish rate over the interval, in flight."""
     last_finished, last_t = 0, time.monotonic()
     while True:
@@ -427,12 +426,12 @@ async def report_progress(tracker: Tracker, every_s: float, emit: Progress) -> N
         last_finished, last_t = finished, now
 
 
-async def drive_load(settings: Settings, cfg: BenchConfig, emit: Progress) -> Tracker:
+async def drive_load(settings: Settings, cfg: BenchConfig, emit: Progress) -> OrderWatch:
     """Place the orders and wait until each is terminal or nothing finishes for a while."""
     window = asyncio.Semaphore(cfg.window) if cfg.rate is None else None
-    tracker = Tracker(total=cfg.total_orders(), window=window)
+    tracker = OrderWatch(total=cfg.total_orders(), window=window)
     consumer = await open_terminal_consumer(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks=1)
+    producer = kafka.producer(settings, acks=1)
     await producer.start()
     tasks = [asyncio.create_task(watch_terminals(consumer, tracker), name="bench-watch"),
              asyncio.create_task(report_progress(tracker, cfg.progress_every_s, emit))]
@@ -450,7 +449,7 @@ async def drive_load(settings: Settings, cfg: BenchConfig, emit: Progress) -> Tr
     return tracker
 
 
-async def _wait_done(tracker: Tracker, placer: asyncio.Task[None], stall_s: float,
+async def _wait_done(tracker: OrderWatch, placer: asyncio.Task[None], stall_s: float,
                      emit: Progress) -> None:
     """Return when every order finished, or after ``stall_s`` without a single finish."""
     last_count, last_change = -1, time.monotonic()
@@ -468,7 +467,7 @@ async def _wait_done(tracker: Tracker, placer: asyncio.Task[None], stall_s: floa
             continue
 
 
-def load_summary(tracker: Tracker, cfg: BenchConfig) -> dict[str, Any]:
+def load_summary(tracker: OrderWatch, cfg: BenchConfig) -> dict[str, Any]:
     """Throughput, latency percentiles, outcomes and send lag of a finished load."""
     lat = sorted(tracker.latencies_ms)
     seconds = max(tracker.last_seen - tracker.first_sent, 1e-9) if lat else 0.0

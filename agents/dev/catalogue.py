@@ -1,4 +1,4 @@
-"""The stock catalogue seeded by ``oms init`` / ``oms up``.
+"""The demo's stock catalogue, seeded by ``oms init`` / ``oms up``.
 
 Besides plenty of ordinary SKUs it holds one scarce SKU (contention: the
 first orders get it, later ones are rejected) and one that is sold out.

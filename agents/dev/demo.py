@@ -16,16 +16,17 @@ from typing import Any
 
 import asyncpg
 
-from agents.audit import audit
-from agents.catalogue import REGULAR_SKUS, SCARCE_SKU, SOLD_OUT_SKU, price_of
-from agents.client import OrderClient
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack
+from agents.dev.catalogue import REGULAR_SKUS, SCARCE_SKU, SOLD_OUT_SKU, price_of
+from agents.dev.stack import Stack
+from agents.messaging.client import OrderClient
+from agents.ops.audit import audit
 from config import Settings
+from schemas.codec import new_envelope
+from schemas.oms_pb2 import Envelope, OrderLine, PlaceOrder
 
 
-def demo_order(i: int, settings: Settings) -> PlaceOrderRequest:
-    """Order number ``i`` of the deterministic mix."""
+def demo_order(i: int, settings: Settings, producer: str = "client") -> Envelope:
+    """The ``PlaceOrder`` of order number ``i`` of the deterministic mix."""
     kind = i % 10
     token = settings.gateway_decline_token if kind == 7 else "tok_visa"
     if kind == 8:
@@ -34,10 +35,15 @@ def demo_order(i: int, settings: Settings) -> PlaceOrderRequest:
         skus = [(SOLD_OUT_SKU, 1)]
     else:
         skus = [(REGULAR_SKUS[(i + j) % len(REGULAR_SKUS)], 1 + (i + j) % 3) for j in range(2)]
-    lines = [LineRequest(sku=s, quantity=q, unit_price_cents=price_of(s)) for s, q in skus]
-    return PlaceOrderRequest(
-        order_id=uuid.uuid4(), customer_id=f"cust-{i % 97}", lines=lines, payment_token=token
-    )
+    return place_order(skus, token, customer=f"cust-{i % 97}", producer=producer)
+
+
+def place_order(skus: list[tuple[str, int]], token: str = "tok_visa", *,
+                customer: str = "demo", producer: str = "client") -> Envelope:
+    """A new order's ``PlaceOrder`` for (SKU, quantity) lines at catalogue prices."""
+    lines = [OrderLine(sku=s, quantity=q, unit_price_cents=price_of(s)) for s, q in skus]
+    body = PlaceOrder(customer_id=customer, payment_token=token, currency="EUR", lines=lines)
+    return new_envelope(str(uuid.uuid4()), body, producer=producer)
 
 
 async def place_orders(
@@ -53,9 +59,9 @@ async def place_orders(
                 delay = started + i / rate_per_s - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            request = demo_order(i, settings)
-            ids.append(str(request.order_id))
-            pending.append(asyncio.ensure_future(client.place(request)))
+            envelope = demo_order(i, settings)
+            ids.append(envelope.order_id)
+            pending.append(asyncio.ensure_future(client.send(envelope)))
             if len(pending) >= 200:
                 await asyncio.gather(*pending)
                 pending.clear()

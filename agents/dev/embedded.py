@@ -257,11 +257,12 @@ def _fail_if_dead_or_late(broker: EmbeddedBroker, deadline: float, step: str) ->
 
 async def _wait_metadata(broker: EmbeddedBroker, deadline: float) -> None:
     """Poll with a metadata request: an open port is not yet a working broker."""
-    from aiokafka.client import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
+    from agents.messaging.kafka import metadata_client
+
     while True:
-        client = AIOKafkaClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=2000)
+        client = metadata_client(broker.bootstrap, request_timeout_ms=2000)
         try:
             await client.bootstrap()
             return

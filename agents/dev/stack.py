@@ -17,9 +17,10 @@ from pathlib import Path
 import aiohttp
 from pydantic import SecretStr
 
-from agents.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
-from agents.supervisor import ChildSpec, Supervisor
-from agents.system import drop_databases, init_system
+from agents.dev.catalogue import catalogue
+from agents.dev.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
+from agents.dev.supervisor import ChildSpec, Supervisor
+from agents.ops.provision import drop_databases, init_system
 from config import SERVICES, Settings
 
 WORKER_PORT_STRIDE = 10  # worker k of a service listens on base + 10k + index
@@ -90,7 +91,7 @@ async def start_stack(
     data_dir = Path(settings.data_dir)
     if fresh if fresh is not None else broker is not None and postgres is not None:
         await drop_databases(settings)
-    await init_system(settings)
+    await init_system(settings, catalogue())
     stack = Stack(settings, Supervisor(data_dir / "logs"), broker=broker, postgres=postgres)
     specs = []
     for service in services:

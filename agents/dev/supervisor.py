@@ -25,7 +25,7 @@ from asyncio.subprocess import Process
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.embedded import die_with_parent
+from agents.dev.embedded import die_with_parent
 
 _log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The inventory service: reserve all lines or none, then sell or release.
+"""The inventory step: reserve all lines or none, then sell or release.
 
 | on | does | emits |
 |---|---|---|
@@ -14,12 +14,8 @@ from __future__ import annotations
 from collections import Counter
 
 import asyncpg
-import faust
 
-from agents.app import service_app
-from agents.step import Handler, InvalidEvent
-from agents.topics import INVENTORY_EVENTS, ORDER_EVENTS
-from config import Settings
+from agents.messaging.errors import InvalidEvent
 from schemas.codec import new_envelope
 from schemas.oms_pb2 import (
     Envelope,
@@ -33,8 +29,6 @@ from stores import inventory
 from stores.inventory import RELEASED, SOLD
 
 SERVICE = "inventory"
-SOURCES = (ORDER_EVENTS,)
-HANDLED = frozenset({"OrderCreated", "OrderConfirmed", "OrderCancelled"})
 
 
 class InventoryStep:
@@ -117,18 +111,3 @@ async def release(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope
         await inventory.record_cancelled(conn, envelope.order_id)
     return []
 
-
-def build(settings: Settings) -> faust.App:
-    """The inventory Faust app."""
-
-    def handler_factory(pool: asyncpg.Pool) -> Handler:
-        return InventoryStep()
-
-    app, runtime = service_app(
-        SERVICE, settings, sources=SOURCES, output=INVENTORY_EVENTS, handled=HANDLED,
-        handler_factory=handler_factory,
-    )
-    from agents.views.inventory import add_inventory_views
-
-    add_inventory_views(app, runtime)
-    return app

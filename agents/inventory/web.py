@@ -1,15 +1,15 @@
-"""Inventory views: stock of every SKU, and stock by SKU."""
+"""The inventory web views: stock of every SKU, and stock by SKU."""
 
 from __future__ import annotations
 
 from faust.types import AppT
 from faust.web import Request, Response, View
 
-from agents.runtime import ServiceRuntime
+from agents.messaging.consumer import ServiceConsumer
 from stores import inventory
 
 
-def add_inventory_views(app: AppT, runtime: ServiceRuntime) -> None:
+def add_inventory_views(app: AppT, runtime: ServiceConsumer) -> None:
     """Register ``/stock/`` and ``/stock/{sku}/``."""
 
     @app.page("/stock/")

@@ -1,1 +1,2 @@
-"""Faust web views: the operators' read (and guarded write) surface of each service."""
+"""What every service runs around its step: unit of work, consumer loop, batching, relay,
+dead letters, Kafka clients and transport, the app factory and worker. Imports no service."""

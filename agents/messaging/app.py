@@ -1,32 +1,30 @@
-"""The Faust app factory shared by the four services."""
+"""The Faust app factory: every service's app, and the wiring of a database-backed one.
+
+A service's own ``app.py`` calls :func:`service_app` (or, the tracker,
+:func:`create_app`) with its entry of :mod:`agents.topology` and its business
+step; everything around the step (the consumer loop, the relay, health,
+metrics, tracing) is wired here the same way for all of them.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import StreamT
-from faust.web import Request, Response, View
 
-from agents import metrics, tracing
-from agents.batching import take_batches
-from agents.runtime import ServiceRuntime
-from agents.step import Handler
+from agents.messaging import kafka
+from agents.messaging.batching import take_batches
+from agents.messaging.consumer import ServiceConsumer
+from agents.messaging.unit_of_work import Handler
+from agents.observability import metrics, tracing
+from agents.observability.health import add_health_views
+from agents.topology import Service
 from config import Settings
 from schemas.oms_pb2 import Envelope
-
-
-def broker_url(settings: Settings) -> str:
-    """Faust broker URL for ``OMS_KAFKA_BOOTSTRAP`` (``host:port[,host:port]``)."""
-    if not settings.kafka_bootstrap:
-        raise RuntimeError("OMS_KAFKA_BOOTSTRAP is not set; start the stack with `oms up`")
-    hosts = settings.kafka_bootstrap.split(",")
-    return ";".join(f"oms://{h.strip()}" for h in hosts)  # agents/kafka_transport.py
 
 
 def create_app(
@@ -41,8 +39,8 @@ def create_app(
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id(service),
-        broker=broker_url(settings),
-        broker_credentials=_credentials(settings),
+        broker=kafka.faust_broker(settings),
+        broker_credentials=kafka.faust_credentials(settings),
         store="memory://",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -67,42 +65,20 @@ def create_app(
     return app
 
 
-def _credentials(settings: Settings) -> Any:
-    """SASL/TLS credentials when configured; None on a plaintext broker."""
-    ssl_context = None
-    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        ssl_context = create_ssl_context(cafile=settings.kafka_ssl_cafile)
-    if settings.kafka_security_protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=password.get_secret_value() if password else None,
-            mechanism=settings.kafka_sasl_mechanism,
-            ssl_context=ssl_context,
-        )
-    if ssl_context is not None:
-        return faust.SSLCredentials(ssl_context)
-    return None
-
-
 def service_app(
-    service: str,
+    service: Service,
     settings: Settings,
-    *,
-    sources: tuple[str, ...],
-    output: str,
-    handled: frozenset[str],
     handler_factory: Callable[[asyncpg.Pool], Handler],
+    *,
     on_committed: Callable[[list[Envelope]], None] | None = None,
-) -> tuple[faust.App, ServiceRuntime]:
+) -> tuple[faust.App, ServiceConsumer]:
     """Wire a database-backed saga service: one agent over its sources, the relay, health."""
-    app = create_app(service, settings)
-    runtime = ServiceRuntime(app, settings, service, handler_factory, output, handled,
-                             on_committed)
+    app = create_app(service.name, settings)
+    (output,) = service.outputs
+    runtime = ServiceConsumer(app, settings, service.name, handler_factory, output,
+                              service.handles, on_committed)
     topic = app.topic(
-        *(settings.topic(s) for s in sources),
+        *(settings.topic(s) for s in service.sources),
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -117,33 +93,15 @@ def service_app(
         async for events in batches:
             await runtime.process_batch([event.message for event in events])
 
-    app.agent(topic, name=f"oms-{service}.steps")(steps)
+    app.agent(topic, name=f"oms-{service.name}.steps")(steps)
 
     async def relay() -> None:
         await runtime.start()
         await runtime.relay.run()
 
     app.task(relay)
-    metrics.install_backlog_gauge(app, service, runtime.outbox_backlog,
+    metrics.install_backlog_gauge(app, service.name, runtime.outbox_backlog,
                                   lambda: runtime.readiness()["database_pool"])
-    add_health_views(app, service, lambda: runtime.readiness())
+    add_health_views(app, service.name, lambda: runtime.readiness())
     return app, runtime
 
-
-def add_health_views(
-    app: faust.App, service: str, readiness: Callable[[], dict[str, Any]]
-) -> None:
-    """``/health/`` (alive) and ``/ready/`` (503 with the reasons until ready)."""
-
-    @app.page("/health/")
-    async def health(web: View, request: Request) -> Response:
-        return web.json({"service": service, "alive": True})
-
-    @app.page("/ready/")
-    async def ready(web: View, request: Request) -> Response:
-        checks = dict(readiness())
-        checks["consumer_assigned"] = bool(app.consumer.assignment()) if app.started else False
-        reasons = [name for name, ok in checks.items() if ok is False]
-        body = {"service": service, "pid": os.getpid(), "ready": not reasons, "checks": checks,
-                "not_ready": reasons}
-        return web.json(body, status=200 if not reasons else 503)

@@ -1,9 +1,10 @@
-"""What every service does around its business step.
+"""The consumer loop every database-backed service runs around its business step.
 
 Decode, apply the step with retries, dead-letter what cannot be applied, time
 and count it. Faust acknowledges a message even when the agent raises, so no
-exception may escape :meth:`ServiceRuntime.process_batch`: transient failures are
-retried before the offset can move, permanent ones go to the dead-letter topic.
+exception may escape :meth:`ServiceConsumer.process_batch`: transient failures
+are retried before the offset can move, permanent ones go to the dead-letter
+topic.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import asyncpg
 from faust.types import AppT
 from faust.types.tuples import Message
 
-from agents import metrics, tracing
-from agents.dlq import DeadLetters
-from agents.relay import OutboxRelay
-from agents.step import Handler, InvalidEvent, StepResult, apply_steps
-from agents.topics import DEAD_LETTERS
+from agents.messaging.dead_letters import DeadLetters
+from agents.messaging.errors import TRANSIENT_ERRORS, InvalidEvent
+from agents.messaging.relay import OutboxRelay
+from agents.messaging.retry import Backoff
+from agents.messaging.unit_of_work import Handler, StepResult, apply_steps
+from agents.observability import metrics, tracing
+from agents.topology import DEAD_LETTERS
 from config import Settings
 from schemas.codec import DecodeError, decode
 from schemas.oms_pb2 import Envelope
@@ -31,28 +34,8 @@ from stores.db import create_pool
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.TooManyConnectionsError,
-    # "database ... is not currently accepting connections" (ALLOW_CONNECTIONS false during
-    # maintenance) and lock_not_available: both clear by themselves.
-    asyncpg.ObjectNotInPrerequisiteStateError,
-    # asyncpg's protocol can be left mid-operation by a backend killed under it
-    # ("cannot switch to state ..."); a fresh pooled connection works.
-    asyncpg.InternalClientError,
-)
-"""Failures that go away by themselves: database restarts, killed backends, conflicts."""
 
-MAX_BACKOFF_S = 5.0
-
-
-class ServiceRuntime:
+class ServiceConsumer:
     """One service's pool, step handler, outbox relay and dead-letter path."""
 
     def __init__(
@@ -98,7 +81,7 @@ class ServiceRuntime:
         async with self._started:
             if self._pool is not None:
                 return
-            delay = 0.1
+            backoff = Backoff(0.1)
             while True:
                 try:
                     self._pool = await create_pool(
@@ -109,8 +92,7 @@ class ServiceRuntime:
                     break
                 except TRANSIENT_ERRORS as exc:
                     log.warning("%s: database not reachable (%s), retrying", self.service, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
+                    await backoff.wait()
             self._handler = self._handler_factory(self._pool)
 
     async def process_batch(self, messages: list[Message]) -> None:
@@ -166,7 +148,7 @@ class ServiceRuntime:
         """Retry transient failures (database restarts, killed backends) with backoff."""
         assert self._handler is not None
         messages = {envelope.event_id: message for envelope, message in work}
-        delay = 0.05
+        backoff = Backoff(0.05)
         while True:
             try:
                 conn = await self._step_connection()
@@ -179,9 +161,8 @@ class ServiceRuntime:
                 await self._drop_step_connection()
                 metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
                 log.warning("%s: %s on a batch of %d, retrying in %.2fs", self.service,
-                            type(exc).__name__, len(work), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                            type(exc).__name__, len(work), backoff.delay)
+                await backoff.wait()
 
     async def _step_connection(self) -> asyncpg.Connection:
         """The pooled connection the steps keep between batches.

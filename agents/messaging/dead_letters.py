@@ -1,13 +1,12 @@
-"""Parking poison messages on ``oms.dead-letters``, shared by every service.
+"""Parking: how every service puts a message it cannot apply on ``oms.dead-letters``.
 
 A dead letter keeps the original key, value and headers, plus ``oms-dlq-*``
 headers that say why and where from, so it can be inspected and re-driven to
-its source topic after a fix (``oms dead-letters``).
+its source topic after a fix (:mod:`agents.messaging.redrive`, ``oms dead-letters``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -15,11 +14,11 @@ from collections.abc import Mapping
 from faust.types import AppT
 from faust.types.tuples import Message
 
-from agents import metrics
+from agents.messaging.retry import Backoff
+from agents.observability import metrics
 
 log = logging.getLogger(__name__)
 DLQ_HEADER_PREFIX = "oms-dlq-"
-MAX_BACKOFF_S = 5.0
 
 
 def original_headers(message: Message) -> list[tuple[str, bytes]]:
@@ -59,7 +58,7 @@ class DeadLetters:
         log.warning("%s: dead letter from %s[%s]@%s: %s", self._service, message.topic,
                     message.partition, message.offset, reason)
         headers = dead_letter_headers(message, reason, self._service)
-        delay = 0.1
+        backoff = Backoff(0.1)
         while True:
             try:
                 await self._app.producer.send_and_wait(
@@ -68,5 +67,4 @@ class DeadLetters:
                 return
             except Exception as exc:  # noqa: BLE001 - retried; the partition must not move on
                 log.warning("%s: dead-letter publish failed (%s), retrying", self._service, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                await backoff.wait()

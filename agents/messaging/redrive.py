@@ -1,8 +1,8 @@
-"""Inspect and re-drive the dead-letter topic.
+"""Reading and re-driving the dead-letter topic (``oms dead-letters``, ``/dead-letters/``).
 
 A dead letter is the original record (key, value, headers) plus ``oms-dlq-*``
 headers saying who parked it, why, and where it came from
-(:meth:`agents.runtime.ServiceRuntime.dead_letter`). Listing reads the topic
+(:mod:`agents.messaging.dead_letters`). Listing reads the topic
 from the start without a consumer group, so it never moves anything.
 
 Re-driving produces the original bytes and headers (minus ``oms-dlq-*``) to
@@ -23,16 +23,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from agents.topics import DEAD_LETTERS
+from agents.messaging import kafka
+from agents.messaging.dead_letters import DLQ_HEADER_PREFIX as DLQ_PREFIX
+from agents.topology import DEAD_LETTERS
+from agents.topology import DEAD_LETTERS_REDRIVEN as LEDGER
 from config import Settings
 
-DLQ_PREFIX = "oms-dlq-"
-LEDGER = "dead-letters-redriven"
 PREVIEW_BYTES = 32
 READ_TIMEOUT_S = 30.0
 
@@ -109,8 +108,8 @@ def _int_or_none(text: str) -> int | None:
 
 async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of ``topic`` up to its end offsets now, without a consumer group."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = kafka.consumer(settings, group_id=None, enable_auto_commit=False,
+                              auto_offset_reset="earliest")
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -176,7 +175,7 @@ async def redrive(settings: Settings, filters: Filters, *, dry_run: bool = False
     if dry_run or not todo:
         return [{**x.as_json(), "redriven": False} for x in todo]
     await _ensure_ledger(settings)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = kafka.producer(settings, acks="all")
     await producer.start()
     try:
         for letter in todo:
@@ -189,14 +188,4 @@ async def redrive(settings: Settings, filters: Filters, *, dry_run: bool = False
 
 
 async def _ensure_ledger(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        if settings.topic(LEDGER) not in await admin.list_topics():
-            try:
-                await admin.create_topics(
-                    [NewTopic(settings.topic(LEDGER), 1, settings.replication_factor)])
-            except TopicAlreadyExistsError:
-                pass  # created by a concurrent redrive
-    finally:
-        await admin.close()
+    await kafka.ensure_topics(settings, {settings.topic(LEDGER): 1})

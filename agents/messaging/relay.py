@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
+from agents.messaging.retry import Backoff
 from stores import messaging
 from stores.db import init_connection
 
@@ -82,19 +83,18 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Lead or stand by forever; reconnect with backoff when PostgreSQL goes away."""
-        backoff = 0.1
+        backoff = Backoff(0.1)
         while True:
             started = time.monotonic()
             try:
                 await self._session()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
                     asyncpg.InternalClientError) as exc:  # a killed backend can raise the last
-                log.warning("outbox relay lost its connection (%s); retrying in %.1fs",
-                            exc, backoff)
                 if time.monotonic() - started > HEALTHY_SESSION_S:
-                    backoff = 0.1  # a long healthy session: this is a new outage
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                    backoff.reset()  # a long healthy session: this is a new outage
+                log.warning("outbox relay lost its connection (%s); retrying in %.1fs",
+                            exc, backoff.delay)
+                await backoff.wait()
 
     async def _session(self) -> None:
         conn = await asyncpg.connect(self._dsn)

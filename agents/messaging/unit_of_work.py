@@ -22,10 +22,6 @@ Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[list[Envelope]]]
 """A service's business step: reads and writes through ``conn``, returns the events to emit."""
 
 
-class InvalidEvent(Exception):
-    """A well-formed envelope whose content the service cannot apply (dead letter)."""
-
-
 @dataclass(frozen=True)
 class StepResult:
     """What a step did: ``applied`` is False for a duplicate delivery."""

@@ -8,7 +8,7 @@ Where the spans come from, in causal order:
   ``{topic} process`` span parented by that header, as faust's own
   ``faust.contrib.opentelemetry`` sensor makes it, and a child
   ``handle {type}`` span around the handler. The sensor itself is not used:
-  every agent takes batches (:func:`agents.batching.take_batches`), and the
+  every agent takes batches (:func:`agents.messaging.batching.take_batches`), and the
   sensor's span would end when an event is buffered, before it is handled.
 - the step stores the handler span's context with each outbox row
   (``outbox.headers``); the relay opens a PRODUCER ``publish`` span under it

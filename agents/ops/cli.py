@@ -1,7 +1,9 @@
-"""The operators' ``oms replay`` and ``oms dead-letters`` commands (thin click wrappers).
+"""The operators' commands: ``oms init``, ``oms check``, ``oms replay``, ``oms dead-letters``.
 
-The logic lives in :mod:`agents.replay` and :mod:`agents.deadletters`; this
-module only parses options and prints one JSON line per result.
+Thin click wrappers: the logic lives in :mod:`agents.ops.provision`,
+:mod:`agents.ops.audit`, :mod:`agents.ops.replay` and
+:mod:`agents.messaging.redrive`; this module parses options and prints one
+JSON line per result.
 """
 
 from __future__ import annotations
@@ -17,8 +19,37 @@ import click
 from config import SERVICES, get_settings
 
 
-def _echo(data: Any) -> None:
+def echo_json(data: Any) -> None:
+    """One JSON line on stdout (what every command prints, for scripts to read)."""
     click.echo(json.dumps(data, default=str))
+
+
+@click.command("init")
+def init_command() -> None:
+    """Create topics and databases, apply migrations, seed the catalogue (idempotent)."""
+    from agents.dev.catalogue import catalogue
+    from agents.ops.provision import init_system
+
+    echo_json(asyncio.run(init_system(get_settings(), catalogue())))
+
+
+@click.command("check")
+@click.option("--grace", default=10.0, show_default=True,
+              help="seconds a settlement may lag before it counts as a violation")
+@click.option("--tracker-url", "tracker_urls", multiple=True,
+              help="a tracker worker's web URL (repeat per worker) to check its view too")
+def check_command(grace: float, tracker_urls: tuple[str, ...]) -> None:
+    """Prove the DESIGN invariants in the databases; exit 0 only when all hold."""
+    from agents.ops.audit import audit
+
+    report = asyncio.run(audit(get_settings(), settle_grace_s=grace, tracker_urls=tracker_urls))
+    for inv in report.invariants:
+        mark = "ok  " if inv.ok else "FAIL"
+        click.echo(f"{mark} {inv.name} (in flight: {inv.in_flight})")
+        for violation in inv.violations[:20]:
+            click.echo(f"     {violation}")
+    echo_json(report.summary())
+    sys.exit(0 if report.ok else 1)
 
 
 @click.command("replay")
@@ -35,7 +66,7 @@ def replay_command(service: str, topics: tuple[str, ...], partitions: tuple[int,
                    to_earliest: bool, to_offset: int | None, to_time: str | None,
                    dry_run: bool, evict_stale_members: bool) -> None:
     """Move SERVICE's consumer group so it re-reads its input (harmless: inbox)."""
-    from agents.replay import ReplayRefused, Target, plan, replay
+    from agents.ops.replay import ReplayRefused, Target, plan, replay
 
     if sum((to_earliest, to_offset is not None, to_time is not None)) != 1:
         raise click.UsageError("choose exactly one of --to-earliest, --to-offset, --to-time")
@@ -57,8 +88,8 @@ def replay_command(service: str, topics: tuple[str, ...], partitions: tuple[int,
         click.echo(f"refused: {exc}", err=True)
         sys.exit(2)
     for p in plans:
-        _echo({**p.as_json(), "dry_run": dry_run})
-    _echo({"service": service, "partitions": len(plans),
+        echo_json({**p.as_json(), "dry_run": dry_run})
+    echo_json({"service": service, "partitions": len(plans),
            "reread": sum(p.reread for p in plans), "dry_run": dry_run})
 
 
@@ -83,11 +114,11 @@ def _filters(func: Any) -> Any:
 def dead_letters_list(service: str | None, topic: str | None, reason_contains: str | None,
                       limit: int | None) -> None:
     """One JSON line per dead letter (reads from the start, commits nothing)."""
-    from agents.deadletters import Filters, dead_letters
+    from agents.messaging.redrive import Filters, dead_letters
 
     filters = Filters(service, topic, reason_contains, limit)
     for letter in asyncio.run(dead_letters(get_settings(), filters)):
-        _echo(letter.as_json())
+        echo_json(letter.as_json())
 
 
 @dead_letters_group.command("redrive")
@@ -96,10 +127,10 @@ def dead_letters_list(service: str | None, topic: str | None, reason_contains: s
 def dead_letters_redrive(service: str | None, topic: str | None, reason_contains: str | None,
                          limit: int | None, dry_run: bool) -> None:
     """Re-produce dead letters to their original topics (once each)."""
-    from agents.deadletters import Filters, redrive
+    from agents.messaging.redrive import Filters, redrive
 
     filters = Filters(service, topic, reason_contains, limit)
     done = asyncio.run(redrive(get_settings(), filters, dry_run=dry_run))
     for item in done:
-        _echo(item)
-    _echo({"redriven": 0 if dry_run else len(done), "selected": len(done), "dry_run": dry_run})
+        echo_json(item)
+    echo_json({"redriven": 0 if dry_run else len(done), "selected": len(done), "dry_run": dry_run})

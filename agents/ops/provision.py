@@ -6,30 +6,40 @@ the tests, so every environment is prepared the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import asyncpg
 
-from agents.catalogue import catalogue
-from agents.topics import create_topics
+from agents.messaging import kafka
+from agents.topology import TOPICS
 from config import Settings
 from config.settings import DATABASE_SERVICES
 from stores import inventory
 from stores.db import prepare_database
-from stores.migrate import check_database_name, ensure_database
+from stores.migrate import check_database_name
+
+Catalogue = Mapping[str, tuple[int, int]]
+"""SKU -> (units, unit price in cents)."""
 
 
-async def init_system(settings: Settings, *, seed: bool = True) -> dict[str, object]:
-    """Create topics and databases, migrate, seed the catalogue; safe to repeat."""
-    assert settings.kafka_bootstrap is not None
-    topics = await create_topics(settings, settings.kafka_bootstrap)
+async def init_system(settings: Settings, catalogue: Catalogue | None = None) -> dict[str, object]:
+    """Create topics and databases, migrate, seed ``catalogue`` if given; safe to repeat."""
+    topics = await create_topics(settings)
     migrations = {s: await prepare_database(settings, s) for s in DATABASE_SERVICES}
     seeded = 0
-    if seed:
+    if catalogue is not None:
         conn = await asyncpg.connect(settings.dsn("inventory"))
         try:
-            seeded = await inventory.seed(conn, catalogue())
+            seeded = await inventory.seed(conn, catalogue)
         finally:
             await conn.close()
     return {"topics_created": topics, "migrations": migrations, "skus_seeded": seeded}
+
+
+async def create_topics(settings: Settings) -> list[str]:
+    """Create every OMS topic that does not exist yet; return the ones created."""
+    return await kafka.ensure_topics(settings, {settings.topic(t): settings.partitions
+                                                for t in TOPICS})
 
 
 async def drop_databases(settings: Settings) -> None:
@@ -42,8 +52,3 @@ async def drop_databases(settings: Settings) -> None:
     finally:
         await conn.close()
 
-
-async def ensure_databases(settings: Settings) -> None:
-    """Create the service databases without migrating (for tools that only read)."""
-    for service in DATABASE_SERVICES:
-        await ensure_database(settings.database_dsn("postgres"), settings.database_name(service))

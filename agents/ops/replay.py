@@ -26,7 +26,6 @@ Broker notes (checked against Tansu, the embedded broker):
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -38,7 +37,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.structs import OffsetAndMetadata
 
-from config import SERVICES, Settings
+from agents.messaging import kafka
+from agents.topology import service as service_named
+from config import Settings
 
 
 class ReplayRefused(RuntimeError):
@@ -76,16 +77,13 @@ class PartitionPlan:
 
 
 def service_sources(service: str, settings: Settings) -> list[str]:
-    """Full names of the topics a service consumes (its module's ``SOURCES``)."""
-    if service not in SERVICES:
-        raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
-    module = importlib.import_module(f"agents.{service}")
-    return [settings.topic(name) for name in module.SOURCES]
+    """Full names of the topics a service consumes (its entry in :mod:`agents.topology`)."""
+    return [settings.topic(name) for name in service_named(service).sources]
 
 
 async def group_members(settings: Settings, service: str) -> list[str]:
     """Member ids the broker lists for the service's consumer group."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = kafka.admin(settings)
     await admin.start()
     try:
         return await _members(admin, settings.app_id(service))
@@ -108,7 +106,7 @@ async def evict_stale_members(settings: Settings, service: str) -> list[str]:
     Returns the evicted member ids.
     """
     group = settings.app_id(service)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = kafka.admin(settings)
     await admin.start()
     try:
         evicted = await _members(admin, group)
@@ -199,11 +197,8 @@ async def lag(settings: Settings, service: str) -> dict[str, int]:
 
 def _consumer(settings: Settings, service: str) -> AIOKafkaConsumer:
     """A consumer in the service's group that never joins it (manual assignment)."""
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.app_id(service),  # the Faust app id is the group
-        enable_auto_commit=False,
-    )
+    return kafka.consumer(settings, group_id=settings.app_id(service),  # the app id is the group
+                          enable_auto_commit=False)
 
 
 async def _partitions(

@@ -7,8 +7,8 @@ import json
 from faust.types import AppT
 from faust.web import Request, Response, View
 
-from agents.deadletters import Filters, dead_letters, redrive
-from agents.views.auth import authorized
+from agents.http import authorized
+from agents.messaging.redrive import Filters, dead_letters, redrive
 from config import Settings
 
 

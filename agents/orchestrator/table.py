@@ -1,51 +1,40 @@
-"""The saga tracker: every event updates its saga's row in a Faust table.
+"""The saga tracker's table: every event updates its saga's row; a timer enforces deadlines.
 
 The table is keyed by order id and co-partitioned with every topic it reads,
 so each worker owns the sagas of its partitions. A timer turns a saga past
 its deadline into a ``SagaTimedOut`` event on ``oms.saga-events``; the agent
 reads it like any other event and sends ``CancelOrder``, so the decision is
-made in one place (:func:`agents.saga.transition`) and recorded in the table.
+made in one place (:func:`agents.orchestrator.saga.transition`) and recorded in the table.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
-from faust.types import StreamT
 from faust.types.tuples import Message
 
-from agents import metrics, tracing
-from agents.app import add_health_views, create_app
-from agents.batching import take_batches
-from agents.dlq import DeadLetters
-from agents.saga import RUNNING, Saga, expired, overdue, transition
-from agents.topics import (
-    DEAD_LETTERS,
-    INVENTORY_EVENTS,
-    ORDER_COMMANDS,
-    ORDER_EVENTS,
-    PAYMENT_EVENTS,
-    SAGA_EVENTS,
-)
+from agents.messaging import kafka
+from agents.messaging.dead_letters import DeadLetters
+from agents.observability import metrics, tracing
+from agents.orchestrator.saga import RUNNING, Saga, expired, overdue, transition
+from agents.topology import DEAD_LETTERS, ORDER_COMMANDS, SAGA_EVENTS
 from config import Settings
-from schemas.codec import DecodeError, decode, encode, new_envelope
+from schemas.codec import DecodeError, decode, new_envelope
 from schemas.oms_pb2 import Envelope, SagaTimedOut
 
 log = logging.getLogger(__name__)
 SERVICE = "orchestrator"
 RESEND_MS = 5000  # re-send SagaTimedOut if the first one has not been applied by then
-SOURCES = (ORDER_COMMANDS, ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS, SAGA_EVENTS)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class Tracker:
+class SagaTracker:
     """The tracker's table and the glue between Kafka and :func:`transition`."""
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
@@ -105,9 +94,7 @@ class Tracker:
         saga, commands = transition(before, envelope, now_ms(), self.timeout_ms)
         touched[key] = saga
         for command in commands:
-            with tracing.publishing(self.commands.get_topic_name(), command) as trace_headers:
-                await self.commands.send(key=key, value=encode(command),
-                                         headers=tracing.kafka_headers(trace_headers))
+            await kafka.send_envelope(self._send, self.commands.get_topic_name(), command)
         if saga.finished:
             self._traces.pop(key, None)
         else:
@@ -156,9 +143,12 @@ class Tracker:
     async def _send_timeout(self, key: bytes, event: Envelope) -> None:
         """Send ``SagaTimedOut`` as part of the order's trace (a root span after a restart)."""
         parent = tracing.context_from(self._traces.get(key))
-        with tracing.publishing(self.saga_events.get_topic_name(), event, parent) as trace_headers:
-            await self.saga_events.send(key=key, value=encode(event),
-                                        headers=tracing.kafka_headers(trace_headers))
+        await kafka.send_envelope(self._send, self.saga_events.get_topic_name(), event, parent)
+
+    async def _send(self, topic: str, key: bytes, value: bytes,
+                    headers: tracing.KafkaHeaders) -> None:
+        """Hand a record to the app's producer (buffered, not awaited to the broker's ack)."""
+        await self.app.producer.send(topic, key, value, None, None, headers)
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         await self.dead_letters.publish(message, reason)
@@ -171,39 +161,7 @@ class Tracker:
         return counts
 
 
-def _recovered(app: faust.App) -> bool:
-    """True once the sagas table has been rebuilt from its changelog."""
-    return bool(app.tables.recovery.completed.is_set())  # type: ignore[attr-defined]
-
-
 def _reason_label(reason: str) -> str:
     """A low-cardinality label: 'out of stock: SKU-1' -> 'out of stock'."""
     return reason.split(":", 1)[0] if reason else "none"
 
-
-def build(settings: Settings) -> faust.App:
-    """The tracker Faust app."""
-    app = create_app(SERVICE, settings, fetch_max_wait_ms=settings.tracker_fetch_max_wait_ms)
-    tracker = Tracker(app, settings)
-    topic = app.topic(*(settings.topic(s) for s in SOURCES), key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")
-
-    async def track(stream: StreamT) -> None:
-        # acked after the batch's table writes, like the services' steps
-        batches = take_batches(stream, settings.batch_max, settings.batch_wait_ms / 1000)
-        async for events in batches:
-            await tracker.on_batch([event.message for event in events])
-
-    app.agent(topic, name="oms-orchestrator.track")(track)
-    app.timer(interval=1.0)(tracker.tick)
-    add_health_views(app, SERVICE, lambda: {"table_recovered": _recovered(app)})
-    from agents.views.tracker import add_tracker_views
-
-    add_tracker_views(app, tracker)
-    app.tracker = tracker  # type: ignore[attr-defined]
-    return app
-
-
-def saga_json(saga: Saga) -> dict[str, Any]:
-    """The web-view representation of a saga."""
-    return saga.as_dict()

@@ -1,4 +1,4 @@
-"""Tracker views: sagas by order id (routed to their owner), counts, in-flight, stuck, dashboard.
+"""The tracker web views: sagas by id (routed to their owner), counts, in-flight, stuck, dashboard.
 
 Every list view covers the sagas of the partitions this worker owns (the
 table is partitioned like its source topics); ``/sagas/{order_id}/`` is routed
@@ -11,15 +11,13 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.types import AppT
 from faust.web import Request, Response, View
 
-from agents.saga import RUNNING, Saga
-
-if TYPE_CHECKING:
-    from agents.orchestrator import Tracker
+from agents.orchestrator.saga import RUNNING, Saga
+from agents.orchestrator.table import SagaTracker
 
 DASHBOARD = Path(__file__).with_name("dashboard.html")
 DEFAULT_LIMIT = 20
@@ -42,7 +40,7 @@ def saga_json(saga: Saga, now_ms: int) -> dict[str, Any]:
     return data
 
 
-def local_sagas(tracker: Tracker) -> list[Saga]:
+def local_sagas(tracker: SagaTracker) -> list[Saga]:
     """Sagas held by this worker."""
     return [Saga.from_dict(data) for data in list(tracker.sagas.values()) if data]
 
@@ -58,7 +56,7 @@ def limit_of(request: Request) -> int:
     return max(1, min(int(request.query.get("limit", DEFAULT_LIMIT)), MAX_LIMIT))
 
 
-def add_tracker_views(app: AppT, tracker: Tracker) -> None:
+def add_tracker_views(app: AppT, tracker: SagaTracker) -> None:
     """Register the ``/sagas/...`` JSON views and the ``/dashboard/`` page."""
 
     def listing(view: View, request: Request, keep: Callable[[Saga], bool],
@@ -116,7 +114,3 @@ def add_tracker_views(app: AppT, tracker: Tracker) -> None:
 
         async def get(self, request: Request) -> Response:
             return self.html(DASHBOARD.read_text(encoding="utf-8"))
-
-    from agents.views.dead_letters import add_dead_letter_views
-
-    add_dead_letter_views(app, tracker.settings)

@@ -1,6 +1,6 @@
 """Order intake: the validated request every entry point turns into ``PlaceOrder``.
 
-The HTTP view, ``oms order place`` and the demo all go through
+The HTTP view and ``oms order place`` go through
 :class:`PlaceOrderRequest`, so a bad request is refused the same way
 everywhere, with the offending field named.
 """

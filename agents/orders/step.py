@@ -1,4 +1,4 @@
-"""The orders service: create, confirm or cancel an order; the saga's entry and exit.
+"""The orders step: create, confirm or cancel an order; the saga's entry and exit.
 
 | on | does | emits |
 |---|---|---|
@@ -12,23 +12,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import asyncpg
-import faust
 
-from agents import metrics
-from agents.app import service_app
-from agents.step import Handler, InvalidEvent
-from agents.topics import INVENTORY_EVENTS, ORDER_COMMANDS, ORDER_EVENTS, PAYMENT_EVENTS
-from config import Settings
+from agents.messaging.errors import InvalidEvent
 from schemas.codec import new_envelope
 from schemas.oms_pb2 import Envelope, OrderCancelled, OrderConfirmed, OrderCreated, PlaceOrder
 from stores import orders
 from stores.orders import CANCELLED, CONFIRMED, PENDING, Order
 
 SERVICE = "orders"
-SOURCES = (ORDER_COMMANDS, INVENTORY_EVENTS, PAYMENT_EVENTS)
-HANDLED = frozenset(
-    {"PlaceOrder", "CancelOrder", "PaymentCompleted", "InventoryRejected", "PaymentFailed"}
-)
 
 
 async def handle(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
@@ -115,33 +106,7 @@ async def cancel(conn: asyncpg.Connection, envelope: Envelope, reason: str) -> l
     return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)]
 
 
-def count_placed(emitted: list[Envelope]) -> None:
-    """After a step committed: each ``OrderCreated`` it emitted is a newly placed order.
-
-    Counting here rather than at intake means a redelivered or rejected
-    ``PlaceOrder`` is never counted, and neither is a rolled-back step.
-    """
-    created = sum(1 for e in emitted if e.type == "OrderCreated")
-    if created:
-        metrics.ORDERS_PLACED.inc(created)
-
-
 def _placed_at(envelope: Envelope) -> datetime:
     ms = envelope.placed_at_ms or envelope.occurred_at_ms
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
-
-def build(settings: Settings) -> faust.App:
-    """The orders Faust app."""
-
-    def handler_factory(pool: asyncpg.Pool) -> Handler:
-        return handle
-
-    app, runtime = service_app(
-        SERVICE, settings, sources=SOURCES, output=ORDER_EVENTS, handled=HANDLED,
-        handler_factory=handler_factory, on_committed=count_placed,
-    )
-    from agents.views.orders import add_order_views
-
-    add_order_views(app, runtime, settings)
-    return app

@@ -1,4 +1,4 @@
-"""Orders views: place an order over HTTP, read one, cancel one (token required)."""
+"""The orders web views: place an order over HTTP, read one, cancel one (token required)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from faust.types import AppT
 from faust.web import Request, Response, View
 from pydantic import ValidationError
 
-from agents import tracing
-from agents.intake import PlaceOrderRequest
-from agents.runtime import ServiceRuntime
-from agents.topics import ORDER_COMMANDS
-from agents.views.auth import authorized
+from agents.http import authorized
+from agents.messaging import kafka
+from agents.messaging.consumer import ServiceConsumer
+from agents.orders.intake import PlaceOrderRequest
+from agents.topology import ORDER_COMMANDS
 from config import Settings
-from schemas.codec import deterministic_id, encode, new_envelope
+from schemas.codec import deterministic_id, new_envelope
 from schemas.oms_pb2 import CancelOrder
 from stores import orders
 
@@ -30,9 +30,10 @@ def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
-def add_order_views(app: AppT, runtime: ServiceRuntime, settings: Settings) -> None:
+def add_order_views(app: AppT, runtime: ServiceConsumer, settings: Settings) -> None:
     """Register the orders endpoints."""
     commands = settings.topic(ORDER_COMMANDS)
+    send = kafka.faust_send(app)
 
     @app.page("/orders/")
     class OrdersView(View):
@@ -49,10 +50,7 @@ def add_order_views(app: AppT, runtime: ServiceRuntime, settings: Settings) -> N
                                  status=422)
             envelope = body.to_envelope(producer="orders-http")
             # oms_orders_placed_total counts in the orders step, once the order is committed
-            with tracing.publishing(commands, envelope) as trace_headers:
-                await app.producer.send_and_wait(commands, envelope.order_id.encode(),
-                                                 encode(envelope), None, None,
-                                                 tracing.kafka_headers(trace_headers))
+            await kafka.send_envelope(send, commands, envelope)
             return self.json({"order_id": envelope.order_id, "status": "ACCEPTED"}, status=202)
 
     @app.page("/orders/{order_id}/")
@@ -77,9 +75,7 @@ def add_order_views(app: AppT, runtime: ServiceRuntime, settings: Settings) -> N
             envelope = new_envelope(order_id, CancelOrder(reason="cancelled by operator"),
                                     producer="orders-http",
                                     event_id=deterministic_id(order_id, "operator-cancel"))
-            with tracing.publishing(commands, envelope) as trace_headers:
-                await app.producer.send_and_wait(commands, order_id.encode(), encode(envelope),
-                                                 None, None, tracing.kafka_headers(trace_headers))
+            await kafka.send_envelope(send, commands, envelope)
             return self.json({"order_id": order_id, "status": "CANCEL_REQUESTED"}, status=202)
 
 

@@ -1,4 +1,4 @@
-"""The payment gateway port and a simulated PSP that behaves like a real one.
+"""The payment service provider: the port the step calls, and a simulator that behaves like one.
 
 The simulator keeps its own ledger (``psp_charges``) and commits it on its own
 connection, outside the saga step's transaction, exactly as a remote PSP would:

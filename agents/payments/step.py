@@ -1,4 +1,4 @@
-"""The payments service: charge once, refund on cancel, never charge after a cancel.
+"""The payments step: charge once, refund on cancel, never charge after a cancel.
 
 | on | does | emits |
 |---|---|---|
@@ -15,20 +15,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import asyncpg
-import faust
 
-from agents import metrics
-from agents.app import service_app
-from agents.gateway import (
-    ChargeResult,
-    GatewayTimeout,
-    PaymentGateway,
-    Refund,
-    SimulatedGateway,
-)
-from agents.step import Handler, InvalidEvent
-from agents.topics import INVENTORY_EVENTS, ORDER_EVENTS, PAYMENT_EVENTS
-from config import Settings
+from agents.messaging.errors import InvalidEvent
+from agents.payments.psp import ChargeResult, GatewayTimeout, PaymentGateway, Refund
 from schemas.codec import new_envelope
 from schemas.oms_pb2 import Envelope, PaymentCompleted, PaymentFailed, PaymentRefunded
 from stores import payments
@@ -36,13 +25,6 @@ from stores.payments import CHARGED, DECLINED, REFUNDED, UNKNOWN, VOIDED
 
 T = TypeVar("T")
 SERVICE = "payments"
-SOURCES = (INVENTORY_EVENTS, ORDER_EVENTS)
-HANDLED = frozenset({"InventoryReserved", "OrderCancelled"})
-
-
-def make_handler(gateway: PaymentGateway) -> Handler:
-    """The payments step, bound to a gateway."""
-    return PaymentsStep(gateway)
 
 
 class PaymentsStep:
@@ -117,17 +99,14 @@ async def charge(
     """Record the PSP's answer unless the order has a payment already (then emit nothing)."""
     order_id, amount = envelope.order_id, envelope.inventory_reserved.amount_cents
     if isinstance(outcome, GatewayTimeout):
-        metrics.GATEWAY_CALLS.labels("charge", "timeout").inc()
         await payments.record_first(conn, order_id, UNKNOWN, reason=str(outcome))
         return []  # the tracker's deadline cancels the order; the cancel voids or refunds
     out: PaymentFailed | PaymentCompleted
     if outcome.approved:
-        metrics.GATEWAY_CALLS.labels("charge", "approved").inc()
         first = await payments.record_first(conn, order_id, CHARGED, amount_cents=amount,
                                             charge_id=outcome.charge_id)
         out = PaymentCompleted(charge_id=outcome.charge_id, amount_cents=amount)
     else:
-        metrics.GATEWAY_CALLS.labels("charge", "declined").inc()
         first = await payments.record_first(conn, order_id, DECLINED, reason=outcome.reason)
         out = PaymentFailed(reason=outcome.reason)
     if not first:
@@ -139,7 +118,6 @@ async def refund(
     conn: asyncpg.Connection, envelope: Envelope, refunded: Refund | None
 ) -> list[Envelope]:
     """Record the cancel at the PSP: a refund of the capture, or a void before any charge."""
-    metrics.GATEWAY_CALLS.labels("cancel", "refunded" if refunded else "voided").inc()
     if refunded is None:
         await payments.record_cancel(conn, envelope.order_id, VOIDED,
                                      reason="cancelled before charge")
@@ -151,18 +129,3 @@ async def refund(
     out = PaymentRefunded(charge_id=refunded.charge_id, amount_cents=refunded.amount_cents)
     return [new_envelope(envelope.order_id, out, producer=SERVICE, cause=envelope)]
 
-
-def build(settings: Settings) -> faust.App:
-    """The payments Faust app."""
-
-    def handler_factory(pool: asyncpg.Pool) -> Handler:
-        return make_handler(SimulatedGateway(pool, settings))
-
-    app, runtime = service_app(
-        SERVICE, settings, sources=SOURCES, output=PAYMENT_EVENTS, handled=HANDLED,
-        handler_factory=handler_factory,
-    )
-    from agents.views.payments import add_payment_views
-
-    add_payment_views(app, runtime)
-    return app

@@ -1,4 +1,4 @@
-"""Payments views: payment by order id."""
+"""The payments web views: payment by order id."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import uuid
 from faust.types import AppT
 from faust.web import Request, Response, View
 
-from agents.runtime import ServiceRuntime
+from agents.messaging.consumer import ServiceConsumer
 from stores import payments
 
 
-def add_payment_views(app: AppT, runtime: ServiceRuntime) -> None:
+def add_payment_views(app: AppT, runtime: ServiceConsumer) -> None:
     """Register ``/payments/{order_id}/``."""
 
     @app.page("/payments/{order_id}/")

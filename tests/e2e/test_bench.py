@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from agents.bench import BenchConfig, run_bench
-from agents.stack import Stack
+from agents.dev.bench import BenchConfig, run_bench
+from agents.dev.stack import Stack
 from config import SERVICES
 from tests.conftest import make_settings, running_stack
 

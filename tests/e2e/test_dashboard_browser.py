@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.catalogue import REGULAR_SKUS, price_of
-from agents.client import OrderClient
-from agents.demo import wait_terminal
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack
+from agents.dev.catalogue import REGULAR_SKUS, price_of
+from agents.dev.demo import wait_terminal
+from agents.dev.stack import Stack
+from agents.messaging.client import OrderClient
+from agents.orders.intake import LineRequest, PlaceOrderRequest
 from tests.conftest import make_settings, running_stack
 
 pytestmark = pytest.mark.e2e

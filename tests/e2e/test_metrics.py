@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.client import OrderClient
-from agents.demo import wait_terminal
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack
+from agents.dev.demo import wait_terminal
+from agents.dev.stack import Stack
+from agents.messaging.client import OrderClient
+from agents.orders.intake import LineRequest, PlaceOrderRequest
 from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 

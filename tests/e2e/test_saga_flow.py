@@ -8,10 +8,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from agents.audit import audit
-from agents.client import OrderClient
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack
+from agents.dev.stack import Stack
+from agents.messaging.client import OrderClient
+from agents.ops.audit import audit
+from agents.orders.intake import LineRequest, PlaceOrderRequest
 from config import Settings
 from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually, query

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from agents import tracing
-from agents.client import OrderClient
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack
+from agents.dev.stack import Stack
+from agents.messaging.client import OrderClient
+from agents.observability import tracing
+from agents.orders.intake import LineRequest, PlaceOrderRequest
 from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.demo import place_orders, settled_audit, wait_terminal
+from agents.dev.demo import place_orders, settled_audit, wait_terminal
 from tests.conftest import make_settings, running_stack
 
 pytestmark = pytest.mark.e2e

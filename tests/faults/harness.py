@@ -17,19 +17,18 @@ import asyncio
 import json
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from agents.audit import AuditReport, audit
-from agents.catalogue import REGULAR_SKUS, price_of
-from agents.client import OrderClient
-from agents.demo import demo_order, wait_terminal
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, wait_ready
+from agents.dev.catalogue import REGULAR_SKUS
+from agents.dev.demo import demo_order, place_order, wait_terminal
+from agents.dev.stack import Stack, wait_ready
+from agents.messaging.client import OrderClient
+from agents.ops.audit import AuditReport, audit
 from config import Settings
+from schemas.oms_pb2 import Envelope
 from tests.conftest import make_settings, running_stack
 from tests.helpers import query
 
@@ -48,20 +47,18 @@ async def fault_stack(tmp: Path, workers: int = 1, **overrides: Any) -> AsyncIte
         yield stack
 
 
-def mixed_orders(settings: Settings, count: int) -> list[PlaceOrderRequest]:
+def mixed_orders(settings: Settings, count: int) -> list[Envelope]:
     """The demo mix: mostly successful, some declined, sold out or scarce."""
     return [demo_order(i, settings) for i in range(count)]
 
 
 def simple_order(sku: str = REGULAR_SKUS[0], quantity: int = 1,
-                 token: str = "tok_visa") -> PlaceOrderRequest:
+                 token: str = "tok_visa") -> Envelope:
     """One order for one line."""
-    line = LineRequest(sku=sku, quantity=quantity, unit_price_cents=price_of(sku))
-    return PlaceOrderRequest(order_id=uuid.uuid4(), customer_id="faults", lines=[line],
-                             payment_token=token)
+    return place_order([(sku, quantity)], token, customer="faults")
 
 
-async def place(settings: Settings, requests: Sequence[PlaceOrderRequest],
+async def place(settings: Settings, requests: Sequence[Envelope],
                 rate_per_s: float | None = None) -> list[str]:
     """Send the orders, at ``rate_per_s`` (or at once); return their ids."""
     started = time.monotonic()
@@ -72,7 +69,7 @@ async def place(settings: Settings, requests: Sequence[PlaceOrderRequest],
                 delay = started + i / rate_per_s - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)  # pacing the load, not synchronisation
-            sends.append(asyncio.ensure_future(client.place(request)))
+            sends.append(asyncio.ensure_future(client.send(request)))
         await asyncio.gather(*sends)
     return [str(r.order_id) for r in requests]
 
@@ -104,7 +101,7 @@ async def settle(settings: Settings, deadline_s: float) -> AuditReport:
 async def run_scenario(
     stack: Stack,
     name: str,
-    requests: Sequence[PlaceOrderRequest],
+    requests: Sequence[Envelope],
     inject: Callable[[], Awaitable[int]],
     *,
     rate_per_s: float | None = None,

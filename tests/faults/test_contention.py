@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.catalogue import REGULAR_SKUS, SCARCE_SKU, SCARCE_UNITS, SOLD_OUT_SKU
-from agents.stack import Stack
+from agents.dev.catalogue import REGULAR_SKUS, SCARCE_SKU, SCARCE_UNITS, SOLD_OUT_SKU
+from agents.dev.stack import Stack
 from tests.faults.harness import all_ready, fault_stack, run_scenario, simple_order
 from tests.helpers import query
 

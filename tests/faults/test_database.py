@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agents.stack import Stack
+from agents.dev.stack import Stack
 from config.settings import DATABASE_SERVICES
 from stores.migrate import check_database_name
 from tests.faults.harness import all_ready, fault_stack, mixed_orders, run_scenario

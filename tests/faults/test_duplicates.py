@@ -21,10 +21,10 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from agents import replay
-from agents.demo import wait_terminal
-from agents.stack import Stack
-from agents.topics import (
+from agents.dev.demo import wait_terminal
+from agents.dev.stack import Stack
+from agents.ops import replay
+from agents.topology import (
     INVENTORY_EVENTS,
     ORDER_COMMANDS,
     ORDER_EVENTS,

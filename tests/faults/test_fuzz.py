@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from agents import inventory, orchestrator, orders, payments
-from agents.stack import Stack
-from agents.topics import DEAD_LETTERS
+from agents.dev.stack import Stack
+from agents.topology import DEAD_LETTERS, SERVICES
 from config import Settings
 from schemas.codec import DecodeError, decode, encode
 from tests.faults.harness import all_ready, fault_stack, mixed_orders, record, run_scenario
@@ -29,7 +28,7 @@ from tests.helpers import eventually
 pytestmark = pytest.mark.faults
 
 PER_TOPIC = 20  # random blobs per topic, and as many mutated envelopes
-READERS = {m.SERVICE: m.SOURCES for m in (orders, inventory, payments, orchestrator)}
+READERS = {s.name: s.sources for s in SERVICES.values()}
 DLQ_HEADERS = {"oms-dlq-reason", "oms-dlq-service", "oms-dlq-topic", "oms-dlq-partition",
                "oms-dlq-offset"}
 
@@ -45,7 +44,7 @@ def bad_values(settings: Settings, rng: random.Random) -> list[bytes]:
     values = [b""] + [rng.randbytes(rng.randint(1, 300)) for _ in range(PER_TOPIC - 1)]
     mutated: list[bytes] = []
     while len(mutated) < PER_TOPIC:
-        good = bytearray(encode(mixed_orders(settings, 1)[0].to_envelope()))
+        good = bytearray(encode(mixed_orders(settings, 1)[0]))
         for _ in range(rng.randint(1, 4)):
             good[rng.randrange(len(good))] ^= 1 << rng.randrange(8)
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agents.stack import Stack
+from agents.dev.stack import Stack
 from tests.faults.harness import all_ready, fault_stack, mixed_orders, run_scenario, simple_order
 from tests.helpers import query
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.stack import Stack
+from agents.dev.stack import Stack
 from config import SERVICES
 from tests.faults.harness import (
     all_ready,

@@ -16,8 +16,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agents.stack import Stack, settings_env
-from agents.supervisor import ChildSpec
+from agents.dev.stack import Stack, settings_env
+from agents.dev.supervisor import ChildSpec
 from config.settings import DATABASE_SERVICES
 from tests.faults.harness import all_ready, fault_stack, mixed_orders, run_scenario
 from tests.helpers import eventually

@@ -18,8 +18,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from agents.demo import place_orders, wait_terminal
-from agents.stack import Stack, settings_env, start_stack
+from agents.dev.demo import place_orders, wait_terminal
+from agents.dev.stack import Stack, settings_env, start_stack
 from tests.conftest import TEST_DATABASE_URL, drop_test_databases, make_settings
 
 pytestmark = pytest.mark.integration

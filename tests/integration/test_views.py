@@ -9,11 +9,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agents.catalogue import REGULAR_SKUS, price_of
-from agents.client import OrderClient
-from agents.demo import wait_terminal
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack
+from agents.dev.catalogue import REGULAR_SKUS, price_of
+from agents.dev.demo import wait_terminal
+from agents.dev.stack import Stack
+from agents.messaging.client import OrderClient
+from agents.orders.intake import LineRequest, PlaceOrderRequest
 from schemas.codec import encode, new_envelope
 from schemas.oms_pb2 import PaymentRefunded
 from tests.conftest import make_settings, running_stack

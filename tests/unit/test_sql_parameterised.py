@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 QUERY_METHODS = {"execute", "executemany", "fetch", "fetchrow", "fetchval", "prepare", "cursor"}
 
 AUDITED: dict[tuple[str, str], str] = {
-    ("agents/system.py", "drop_databases"): "database name passed check_database_name",
-    ("agents/bench.py", "pg_step_rates"): "database name passed check_database_name",
+    ("agents/ops/provision.py", "drop_databases"): "database name passed check_database_name",
+    ("agents/dev/bench.py", "pg_step_rates"): "database name passed check_database_name",
     ("stores/migrate.py", "ensure_database"): "database name passed check_database_name",
     ("stores/migrate.py", "migrate"): "the SQL is a migration file shipped in the package",
     ("stores/inventory.py", "settle"): "the SET clause is one of two constant strings",

@@ -22,8 +22,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from agents.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
-from agents.supervisor import ChildSpec, Supervisor
+from agents.dev.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
+from agents.dev.supervisor import ChildSpec, Supervisor
 from config.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -138,7 +138,7 @@ async def test_broker_dies_with_a_killed_parent(tmp_path: Path) -> None:
         """
         import json, sys, threading
         from pathlib import Path
-        from agents.embedded import start_broker
+        from agents.dev.embedded import start_broker
         broker = start_broker(Path(sys.argv[1]))
         print(json.dumps(broker.pid), flush=True)
         threading.Event().wait()
@@ -197,7 +197,7 @@ async def test_postgres_adopted_after_its_starter_was_killed(tmp_path: Path) -> 
         """
         import json, os, signal, sys
         from pathlib import Path
-        from agents.embedded import start_postgres
+        from agents.dev.embedded import start_postgres
         print(json.dumps(start_postgres(Path(sys.argv[1])).pid), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
         """,
@@ -287,7 +287,7 @@ async def test_child_env_and_log(supervisor: Supervisor, tmp_path: Path) -> None
 SUPERVISOR_SCRIPT = """
     import asyncio, json, sys
     from pathlib import Path
-    from agents.supervisor import ChildSpec, Supervisor
+    from agents.dev.supervisor import ChildSpec, Supervisor
 
     async def main() -> int:
         sup = Supervisor(Path(sys.argv[1]))

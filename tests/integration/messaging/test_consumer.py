@@ -1,6 +1,6 @@
 """A batch with one poison event: the rest commit, only the bad one is dead-lettered.
 
-Runs ``ServiceRuntime.process_batch`` of the orders service against real
+Runs ``ServiceConsumer.process_batch`` of the orders service against real
 PostgreSQL. The dead-letter sink is a recording stand-in with the same
 ``publish`` method (publishing to Kafka is covered by test_dead_letters.py);
 what is checked here is the runtime's batching, splitting and inbox.
@@ -14,10 +14,10 @@ import asyncpg
 import pytest
 from faust.types.tuples import Message
 
-from agents import orders
-from agents.app import create_app
-from agents.runtime import ServiceRuntime
-from agents.topics import ORDER_EVENTS
+from agents.messaging.app import create_app
+from agents.messaging.consumer import ServiceConsumer
+from agents.orders import step as orders
+from agents.topology import ORDER_EVENTS, ORDERS
 from config import Settings
 from schemas.codec import encode
 from schemas.oms_pb2 import PlaceOrder
@@ -46,20 +46,20 @@ def place(order_id: str, quantity: int = 1) -> bytes:
 
 
 @pytest.fixture(scope="module")  # one Faust app per process: its Prometheus metrics are global
-async def runtime(pools: dict[str, asyncpg.Pool], db_settings: Settings) -> ServiceRuntime:
+async def runtime(pools: dict[str, asyncpg.Pool], db_settings: Settings) -> ServiceConsumer:
     app = create_app("orders", db_settings)
-    runtime = ServiceRuntime(app, db_settings, "orders", lambda pool: orders.handle,
-                             ORDER_EVENTS, orders.HANDLED)
+    runtime = ServiceConsumer(app, db_settings, "orders", lambda pool: orders.handle,
+                              ORDER_EVENTS, ORDERS.handles)
     return runtime
 
 
 @pytest.fixture(autouse=True)
-def fresh_dead_letters(runtime: ServiceRuntime) -> None:
+def fresh_dead_letters(runtime: ServiceConsumer) -> None:
     runtime.dead_letters = RecordingDeadLetters()  # type: ignore[assignment]
 
 
 async def test_a_poison_event_is_isolated_and_the_rest_of_its_batch_commits(
-    runtime: ServiceRuntime, pools: dict[str, asyncpg.Pool]
+    runtime: ServiceConsumer, pools: dict[str, asyncpg.Pool]
 ) -> None:
     good, other, poison = new_order_id(), new_order_id(), new_order_id()
     first = place(good)
@@ -77,7 +77,7 @@ async def test_a_poison_event_is_isolated_and_the_rest_of_its_batch_commits(
 
 
 async def test_a_redelivered_batch_changes_nothing(
-    runtime: ServiceRuntime, pools: dict[str, asyncpg.Pool]
+    runtime: ServiceConsumer, pools: dict[str, asyncpg.Pool]
 ) -> None:
     oid = new_order_id()
     batch = [kafka_message(place(oid), 0)]
@@ -88,7 +88,7 @@ async def test_a_redelivered_batch_changes_nothing(
 
 
 async def test_a_batch_after_the_kept_connection_was_killed_commits(
-    runtime: ServiceRuntime, pools: dict[str, asyncpg.Pool]
+    runtime: ServiceConsumer, pools: dict[str, asyncpg.Pool]
 ) -> None:
     """The runtime keeps one connection between batches; a killed backend costs a retry."""
     await runtime.process_batch([kafka_message(place(new_order_id()), 0)])

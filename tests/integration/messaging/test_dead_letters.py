@@ -15,12 +15,12 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from agents import deadletters
-from agents.catalogue import REGULAR_SKUS, price_of
-from agents.client import OrderClient
-from agents.demo import wait_terminal
-from agents.intake import LineRequest, PlaceOrderRequest
-from agents.stack import Stack, settings_env
+from agents.dev.catalogue import REGULAR_SKUS, price_of
+from agents.dev.demo import wait_terminal
+from agents.dev.stack import Stack, settings_env
+from agents.messaging import redrive as deadletters
+from agents.messaging.client import OrderClient
+from agents.orders.intake import LineRequest, PlaceOrderRequest
 from schemas.codec import encode, new_envelope
 from schemas.oms_pb2 import InventoryReserved, OrderCreated, OrderLine, PlaceOrder
 from tests.conftest import make_settings, running_stack

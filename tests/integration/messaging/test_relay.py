@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from agents.relay import OutboxRelay
+from agents.messaging.relay import OutboxRelay
 from config import Settings
 from stores import messaging
 from stores.db import create_pool, prepare_database

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from agents.audit import audit
-from agents.demo import place_orders, settled_audit, wait_terminal
-from agents.stack import Stack, settings_env, start_stack
+from agents.dev.demo import place_orders, settled_audit, wait_terminal
+from agents.dev.stack import Stack, settings_env, start_stack
+from agents.ops.audit import audit
 from tests.conftest import drop_test_databases, make_settings
 from tests.helpers import query
 

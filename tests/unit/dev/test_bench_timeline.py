@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agents.bench import timeline
+from agents.dev.bench import timeline
 
 
 def test_the_timeline_takes_the_sample_at_the_end_of_each_tenth() -> None:

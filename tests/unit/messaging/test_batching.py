@@ -14,7 +14,7 @@ import faust
 import pytest
 from faust.types import StreamT
 
-from agents.batching import take_batches
+from agents.messaging.batching import take_batches
 
 DEADLINE_S = 5.0
 

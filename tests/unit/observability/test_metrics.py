@@ -8,7 +8,7 @@ from typing import Any
 from faust.types import TP
 from prometheus_client import REGISTRY
 
-from agents import metrics
+from agents.observability import metrics
 
 SOURCE, CHANGELOG = "lagtest.order-events", "lagtest-sagas-changelog"
 

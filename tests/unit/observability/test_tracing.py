@@ -9,7 +9,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agents import tracing
+from agents.observability import tracing
 from schemas.codec import encode, new_envelope
 from schemas.oms_pb2 import OrderCreated
 from stores.messaging import OutboxMessage

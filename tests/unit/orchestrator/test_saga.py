@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from agents.saga import CANCELLED, CONFIRMED, MAX_STEPS, RUNNING, expired, overdue, transition
+from agents.orchestrator.saga import (
+    CANCELLED,
+    CONFIRMED,
+    MAX_STEPS,
+    RUNNING,
+    expired,
+    overdue,
+    transition,
+)
 from schemas.codec import new_envelope
 from schemas.oms_pb2 import (
     InventoryReserved,

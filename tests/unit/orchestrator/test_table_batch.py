@@ -14,8 +14,8 @@ from typing import Any
 import faust
 from faust.types.tuples import Message
 
-from agents.orchestrator import Tracker
-from agents.saga import CONFIRMED, RUNNING
+from agents.orchestrator.saga import CONFIRMED, RUNNING
+from agents.orchestrator.table import SagaTracker
 from schemas.codec import encode
 from schemas.oms_pb2 import Envelope, InventoryReserved, OrderConfirmed, OrderCreated
 from tests.conftest import make_settings
@@ -39,8 +39,8 @@ def message(event: Envelope, offset: int) -> Message:
                    encode(event), None)
 
 
-def tracker(tmp_path: Path) -> tuple[Tracker, CountingTable]:
-    tracked = Tracker(faust.App("test-tracker-batch"), make_settings(tmp_path))
+def tracker(tmp_path: Path) -> tuple[SagaTracker, CountingTable]:
+    tracked = SagaTracker(faust.App("test-tracker-batch"), make_settings(tmp_path))
     table = CountingTable()
     tracked.sagas = table  # type: ignore[assignment]
     return tracked, table

@@ -14,8 +14,8 @@ from typing import Any
 import faust
 from aiokafka.errors import KafkaTimeoutError
 
-from agents.orchestrator import RESEND_MS, Tracker, now_ms
-from agents.saga import RUNNING, Saga
+from agents.orchestrator.saga import RUNNING, Saga
+from agents.orchestrator.table import RESEND_MS, SagaTracker, now_ms
 from schemas.oms_pb2 import Envelope
 from tests.conftest import make_settings
 
@@ -28,7 +28,7 @@ def overdue_saga() -> dict[str, Any]:
 
 
 async def test_a_failed_timeout_send_is_logged_and_retried_later(tmp_path: Path) -> None:
-    tracker = Tracker(faust.App("test-tick"), make_settings(tmp_path))
+    tracker = SagaTracker(faust.App("test-tick"), make_settings(tmp_path))
     tracker.sagas = {OID.encode(): overdue_saga()}  # type: ignore[assignment]
     attempts: list[Envelope] = []
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agents.intake import PlaceOrderRequest
-from agents.views.orders import validation_errors
+from agents.orders.intake import PlaceOrderRequest
+from agents.orders.web import validation_errors
 
 GOOD = {"customer_id": "c1", "payment_token": "tok_visa",
         "lines": [{"sku": "SKU-0001", "quantity": 2, "unit_price_cents": 500}]}

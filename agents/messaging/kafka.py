@@ -1,0 +1,140 @@
+"""Every Kafka client OMS builds, and sending one envelope inside its trace.
+
+One factory applies the bootstrap servers and the ``OMS_KAFKA_SECURITY_*``
+settings (SASL, TLS) to every client: the Faust apps, ``oms init``, replay,
+dead letters, the order client and the benchmark. Nothing else constructs a
+Kafka client, so a secured cluster is reached the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from faust.types import AppT
+from opentelemetry.context import Context
+
+from agents.observability import tracing
+from config import Settings
+from schemas.codec import encode
+from schemas.oms_pb2 import Envelope
+
+Send = Callable[[str, bytes, bytes, tracing.KafkaHeaders], Awaitable[object]]
+"""Send one record: (topic, key, value, headers) -> awaitable."""
+
+
+def bootstrap(settings: Settings) -> str:
+    """``OMS_KAFKA_BOOTSTRAP``; a clear error where nothing started a broker."""
+    if not settings.kafka_bootstrap:
+        raise RuntimeError("OMS_KAFKA_BOOTSTRAP is not set; start the stack with `oms up`")
+    return settings.kafka_bootstrap
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the configured security protocol."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password.get_secret_value() if password else None,
+        )
+    return options
+
+
+def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """An aiokafka producer for the configured cluster (start it before use)."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap(settings),
+                            **security_options(settings), **options)
+
+
+def consumer(settings: Settings, *topics: str, **options: Any) -> AIOKafkaConsumer:
+    """An aiokafka consumer for the configured cluster (start it before use)."""
+    return AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap(settings),
+                            **security_options(settings), **options)
+
+
+def admin(settings: Settings) -> AIOKafkaAdminClient:
+    """An aiokafka admin client for the configured cluster (start it before use)."""
+    return AIOKafkaAdminClient(bootstrap_servers=bootstrap(settings),
+                               **security_options(settings))
+
+
+async def ensure_topics(settings: Settings, partitions: dict[str, int]) -> list[str]:
+    """Create the topics (full name -> partitions) that do not exist yet; return those created.
+
+    A topic another process creates at the same moment counts as existing.
+    """
+    client = admin(settings)
+    await client.start()
+    try:
+        existing = set(await client.list_topics())
+        wanted = [name for name in partitions if name not in existing]
+        if wanted:
+            try:
+                await client.create_topics([NewTopic(name, partitions[name],
+                                                     settings.replication_factor)
+                                            for name in wanted])
+            except TopicAlreadyExistsError:
+                pass  # created concurrently: what we wanted exists
+        return wanted
+    finally:
+        await client.close()
+
+
+def metadata_client(bootstrap_servers: str, **options: Any) -> AIOKafkaClient:
+    """A bare client for probing a broker that no settings describe yet (plaintext)."""
+    return AIOKafkaClient(bootstrap_servers=bootstrap_servers, **options)
+
+
+def faust_broker(settings: Settings) -> str:
+    """Faust's broker URL: every bootstrap host under the ``oms://`` transport."""
+    hosts = bootstrap(settings).split(",")
+    return ";".join(f"oms://{h.strip()}" for h in hosts)  # agents/messaging/transport.py
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """Faust's ``broker_credentials`` for the configured security protocol (None: plaintext)."""
+    options = security_options(settings)
+    ssl_context = options.get("ssl_context")
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"], password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"], ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+async def send_envelope(
+    send: Send, topic: str, envelope: Envelope, parent: Context | None = None
+) -> None:
+    """Send ``envelope`` keyed by its order id, inside a PRODUCER span.
+
+    The span's context travels in the record's ``traceparent`` header, so the
+    consumers' spans join the order's trace; ``parent`` defaults to the
+    current context.
+    """
+    with tracing.publishing(topic, envelope, parent) as trace_headers:
+        await send(topic, envelope.order_id.encode(), encode(envelope),
+                   tracing.kafka_headers(trace_headers))
+
+
+def faust_send(app: AppT) -> Send:
+    """:data:`Send` through a Faust app's producer, waiting for the broker's ack."""
+
+    async def send(topic: str, key: bytes, value: bytes, headers: tracing.KafkaHeaders) -> None:
+        await app.producer.send_and_wait(topic, key, value, None, None, headers)
+
+    return send

@@ -1,0 +1,92 @@
+"""The inventory step against real PostgreSQL: reserve all or nothing, sell, release."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from agents.inventory import step as inventory
+from agents.messaging.errors import InvalidEvent
+from schemas.oms_pb2 import OrderCancelled, OrderConfirmed, OrderCreated
+from tests.conftest import new_order_id
+from tests.helpers import envelope, lines, step
+
+pytestmark = pytest.mark.integration
+
+
+def created(items=(("SKU-0001", 2),), token: str = "tok_visa") -> OrderCreated:
+    ls = lines(*items)
+    return OrderCreated(customer_id="c", lines=ls, currency="EUR", payment_token=token,
+                        amount_cents=sum(x.quantity * x.unit_price_cents for x in ls))
+
+
+async def stock(pool: asyncpg.Pool, sku: str) -> tuple[int, int, int]:
+    row = await pool.fetchrow("SELECT available, reserved, sold FROM stock WHERE sku = $1", sku)
+    return row["available"], row["reserved"], row["sold"]
+
+
+async def test_reserve_then_commit_moves_units_to_sold(seeded) -> None:
+    pool, oid = seeded["inventory"], new_order_id()
+    before = await stock(pool, "SKU-0002")
+    reserved = await step(pool, inventory.handle, envelope(oid, created((("SKU-0002", 3),))))
+    assert [e.type for e in reserved.emitted] == ["InventoryReserved"]
+    assert await stock(pool, "SKU-0002") == (before[0] - 3, before[1] + 3, before[2])
+    committed = await step(pool, inventory.handle, envelope(oid, OrderConfirmed()))
+    assert [e.type for e in committed.emitted] == ["InventoryCommitted"]
+    assert await stock(pool, "SKU-0002") == (before[0] - 3, before[1], before[2] + 3)
+
+
+async def test_reservation_is_all_or_nothing(seeded) -> None:
+    pool, oid = seeded["inventory"], new_order_id()
+    before = await stock(pool, "SKU-0001")
+    result = await step(pool, inventory.handle,
+                        envelope(oid, created((("SKU-0001", 1), ("SKU-SOLDOUT", 1)))))
+    assert [e.type for e in result.emitted] == ["InventoryRejected"]
+    assert list(result.emitted[0].inventory_rejected.skus) == ["SKU-SOLDOUT"]
+    assert await stock(pool, "SKU-0001") == before
+
+
+async def test_unknown_sku_is_rejected_not_reserved(seeded) -> None:
+    pool, oid = seeded["inventory"], new_order_id()
+    result = await step(pool, inventory.handle, envelope(oid, OrderCreated(
+        lines=[*lines(("SKU-0001", 1)), *[_line("NOPE", 1)]], payment_token="t")))
+    assert result.emitted[0].inventory_rejected.reason == "unknown sku: NOPE"
+
+
+def _line(sku: str, qty: int):
+    from schemas.oms_pb2 import OrderLine
+
+    return OrderLine(sku=sku, quantity=qty, unit_price_cents=1)
+
+
+async def test_cancel_releases_a_held_reservation_once(seeded) -> None:
+    pool, oid = seeded["inventory"], new_order_id()
+    before = await stock(pool, "SKU-0001")
+    await step(pool, inventory.handle, envelope(oid, created((("SKU-0001", 4),))))
+    cancel = envelope(oid, OrderCancelled(reason="payment failed"))
+    first, again = await step(pool, inventory.handle, cancel), await step(pool, inventory.handle,
+                                                                          cancel)
+    other = await step(pool, inventory.handle, envelope(oid, OrderCancelled(reason="again")))
+    assert [e.type for e in first.emitted] == ["InventoryReleased"]
+    assert again.applied is False and other.emitted == []
+    assert await stock(pool, "SKU-0001") == before
+
+
+async def test_duplicate_order_created_reserves_once(seeded) -> None:
+    pool, oid = seeded["inventory"], new_order_id()
+    before = await stock(pool, "SKU-0002")
+    env = envelope(oid, created((("SKU-0002", 2),)))
+    await step(pool, inventory.handle, env)
+    await step(pool, inventory.handle, env)
+    redelivered_copy = envelope(oid, created((("SKU-0002", 2),)))  # same order, new event id
+    assert (await step(pool, inventory.handle, redelivered_copy)).emitted == []
+    assert await stock(pool, "SKU-0002") == (before[0] - 2, before[1] + 2, before[2])
+
+
+async def test_invalid_quantity_is_a_dead_letter(seeded) -> None:
+    bad = created()
+    bad.lines[0].quantity = 0
+    with pytest.raises(InvalidEvent):
+        await step(seeded["inventory"], inventory.handle, envelope(new_order_id(), bad))
+
+
