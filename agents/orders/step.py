@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 import asyncpg
 
 from agents.messaging.errors import InvalidEvent
+from agents.orders.intake import InvalidOrder, PlaceOrderRequest, check_place_order
 from schemas.codec import new_envelope
-from schemas.oms_pb2 import Envelope, OrderCancelled, OrderConfirmed, OrderCreated, PlaceOrder
+from schemas.oms_pb2 import Envelope, OrderCancelled, OrderConfirmed, OrderCreated
 from stores import orders
 from stores.orders import CANCELLED, CONFIRMED, PENDING, Order
 
@@ -38,37 +39,30 @@ async def handle(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]
     return []
 
 
-def validate_place_order(body: PlaceOrder) -> None:
-    """Reject content no order can be made of (the message goes to dead letters)."""
-    if not body.lines:
-        raise InvalidEvent("lines: at least one line is required")
-    for i, line in enumerate(body.lines):
-        if not line.sku:
-            raise InvalidEvent(f"lines[{i}].sku: must not be empty")
-        if line.quantity <= 0:
-            raise InvalidEvent(f"lines[{i}].quantity: must be positive, got {line.quantity}")
-        if line.unit_price_cents < 0:
-            raise InvalidEvent(f"lines[{i}].unit_price_cents: must not be negative")
-    if not body.payment_token:
-        raise InvalidEvent("payment_token: must not be empty")
+def validate_place_order(envelope: Envelope) -> PlaceOrderRequest:
+    """The order a PlaceOrder asks for, within the bounds HTTP and the CLI apply too.
+
+    An order outside them is a dead letter whose reason names each field.
+    """
+    try:
+        return check_place_order(envelope.order_id, envelope.place_order)
+    except InvalidOrder as exc:
+        raise InvalidEvent(str(exc)) from exc
 
 
 async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Create the order once; a repeated PlaceOrder for the same id changes nothing."""
-    body = envelope.place_order
-    validate_place_order(body)
-    amount = sum(line.quantity * line.unit_price_cents for line in body.lines)
+    request = validate_place_order(envelope)
+    lines = [line.model_dump() for line in request.lines]
+    amount = sum(line.quantity * line.unit_price_cents for line in request.lines)
     order = Order(
         order_id=envelope.order_id,
-        customer_id=body.customer_id,
+        customer_id=request.customer_id,
         status=PENDING,
         amount_cents=amount,
-        currency=body.currency or "EUR",
-        lines=[
-            {"sku": x.sku, "quantity": x.quantity, "unit_price_cents": x.unit_price_cents}
-            for x in body.lines
-        ],
-        payment_token=body.payment_token,
+        currency=request.currency,
+        lines=lines,
+        payment_token=request.payment_token,
         reason=None,
         placed_at=_placed_at(envelope),
         updated_at=_placed_at(envelope),
@@ -76,11 +70,11 @@ async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     if not await orders.create(conn, order):
         return []
     created = OrderCreated(
-        customer_id=body.customer_id,
-        lines=body.lines,
+        customer_id=request.customer_id,
+        lines=envelope.place_order.lines,
         amount_cents=amount,
-        currency=order.currency,
-        payment_token=body.payment_token,
+        currency=request.currency,
+        payment_token=request.payment_token,
     )
     return [new_envelope(envelope.order_id, created, producer=SERVICE, cause=envelope)]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 from faust.types import AppT
 from faust.web import Request, Response, View
@@ -13,7 +12,7 @@ from pydantic import ValidationError
 from agents.http import authorized
 from agents.messaging import kafka
 from agents.messaging.consumer import ServiceConsumer
-from agents.orders.intake import PlaceOrderRequest
+from agents.orders.intake import PlaceOrderRequest, field_errors
 from agents.topology import ORDER_COMMANDS
 from config import Settings
 from schemas.codec import deterministic_id, new_envelope
@@ -21,13 +20,6 @@ from schemas.oms_pb2 import CancelOrder
 from stores import orders
 
 MAX_BODY_BYTES = 64 * 1024
-
-
-def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic errors as ``{"field": "lines.0.quantity", "error": "..."}``."""
-    return [
-        {"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in exc.errors()
-    ]
 
 
 def add_order_views(app: AppT, runtime: ServiceConsumer, settings: Settings) -> None:
@@ -46,7 +38,7 @@ def add_order_views(app: AppT, runtime: ServiceConsumer, settings: Settings) -> 
             except json.JSONDecodeError as exc:
                 return self.json({"error": "body is not JSON", "detail": str(exc)}, status=400)
             except ValidationError as exc:
-                return self.json({"error": "invalid order", "fields": validation_errors(exc)},
+                return self.json({"error": "invalid order", "fields": field_errors(exc)},
                                  status=422)
             envelope = body.to_envelope(producer="orders-http")
             # oms_orders_placed_total counts in the orders step, once the order is committed

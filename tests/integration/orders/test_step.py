@@ -57,6 +57,63 @@ async def test_invalid_place_order_is_refused_with_the_field(seeded) -> None:
         "SELECT count(*) FROM orders WHERE order_id = $1", oid) == 0
 
 
+def _too_many_lines(body: PlaceOrder) -> None:
+    body.lines.extend(lines(*[("SKU-0001", 1)] * 100))
+
+
+def _set_line(**fields: object):
+    def mutate(body: PlaceOrder) -> None:
+        for name, value in fields.items():
+            setattr(body.lines[0], name, value)
+    return mutate
+
+
+def _set(**fields: object):
+    def mutate(body: PlaceOrder) -> None:
+        for name, value in fields.items():
+            setattr(body, name, value)
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (_too_many_lines, "lines"),
+        (lambda body: body.ClearField("lines"), "lines"),
+        (_set_line(quantity=10_001), "lines[0].quantity"),
+        (_set_line(quantity=0), "lines[0].quantity"),
+        (_set_line(sku="x" * 65), "lines[0].sku"),
+        (_set_line(sku="bad sku!"), "lines[0].sku"),
+        (_set_line(sku=""), "lines[0].sku"),
+        (_set(payment_token="t" * 65), "payment_token"),
+        (_set(payment_token=""), "payment_token"),
+        (_set(customer_id="c" * 65), "customer_id"),
+        (_set(customer_id=""), "customer_id"),
+        (_set(currency="euro"), "currency"),
+    ],
+)
+async def test_a_place_order_over_kafka_is_held_to_the_http_bounds(seeded, mutate, field) -> None:
+    """One validator: what HTTP and the CLI refuse, the step refuses too, naming the field."""
+    oid = new_order_id()
+    body = place(oid)
+    mutate(body)
+    with pytest.raises(InvalidEvent) as refused:
+        await step(seeded["orders"], orders.handle, envelope(oid, body))
+    assert str(refused.value).startswith(f"{field}: ") or f"; {field}: " in str(refused.value)
+    assert body.payment_token not in str(refused.value) or not body.payment_token
+    assert await seeded["orders"].fetchval(
+        "SELECT count(*) FROM orders WHERE order_id = $1", oid) == 0
+
+
+async def test_a_place_order_without_currency_gets_the_default(seeded) -> None:
+    pool, oid = seeded["orders"], new_order_id()
+    body = place(oid)
+    body.ClearField("currency")
+    result = await step(pool, orders.handle, envelope(oid, body))
+    assert result.emitted[0].order_created.currency == "EUR"
+    assert await pool.fetchval("SELECT currency FROM orders WHERE order_id = $1", oid) == "EUR"
+
+
 async def test_payment_completed_confirms_once_and_late_failures_are_ignored(seeded) -> None:
     pool, oid = seeded["orders"], new_order_id()
     await step(pool, orders.handle, envelope(oid, place(oid)))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agents.orders.intake import PlaceOrderRequest
-from agents.orders.web import validation_errors
+from agents.orders.intake import PlaceOrderRequest, field_errors
 
 GOOD = {"customer_id": "c1", "payment_token": "tok_visa",
         "lines": [{"sku": "SKU-0001", "quantity": 2, "unit_price_cents": 500}]}
@@ -34,4 +33,4 @@ def test_a_good_request_becomes_a_place_order_keyed_by_its_id() -> None:
 def test_invalid_requests_name_the_field(patch: dict, field: str) -> None:
     with pytest.raises(ValidationError) as err:
         PlaceOrderRequest.model_validate({**GOOD, **patch})
-    assert field in [e["field"] for e in validation_errors(err.value)]
+    assert field in [e["field"] for e in field_errors(err.value)]
