@@ -46,7 +46,9 @@ def order() -> None:
 
 
 @order.command("place")
-@click.option("--sku", "skus", multiple=True, required=True, help="SKU:QTY[:PRICE_CENTS]")
+@click.option("--sku", "skus", multiple=True, required=True,
+              help="SKU:QTY[:PRICE_CENTS]; the catalogue prices every line, and a price given"
+                   " here that differs from it gets the order rejected")
 @click.option("--customer", default="cli", show_default=True)
 @click.option("--token", default="tok_visa", show_default=True, help="payment token")
 @click.option("--order-id", default=None, help="UUID; a repeat with the same id is a no-op")
@@ -60,7 +62,10 @@ def order_place(skus: tuple[str, ...], customer: str, token: str, order_id: str 
     for spec in skus:
         sku, _, rest = spec.partition(":")
         qty, _, price = rest.partition(":")
-        lines.append({"sku": sku, "quantity": qty or 1, "unit_price_cents": price or 0})
+        line: dict[str, Any] = {"sku": sku, "quantity": qty or 1}
+        if price:
+            line["unit_price_cents"] = price
+        lines.append(line)
     data: dict[str, Any] = {"customer_id": customer, "lines": lines, "payment_token": token}
     if order_id:
         data["order_id"] = order_id

@@ -21,7 +21,8 @@ class Order:
     order_id: str
     customer_id: str
     status: str
-    amount_cents: int
+    amount_cents: int | None
+    """The amount captured, once confirmed; None before (inventory prices the order)."""
     currency: str
     lines: list[dict[str, Any]]
     payment_token: str
@@ -58,15 +59,21 @@ async def create(conn: asyncpg.Connection, order: Order) -> bool:
 
 
 async def transition(
-    conn: asyncpg.Connection, order_id: str, to: str, reason: str | None = None
+    conn: asyncpg.Connection, order_id: str, to: str, reason: str | None = None, *,
+    amount_cents: int | None = None,
 ) -> Order | None:
-    """Move a PENDING order to ``to``; None when it is missing or already terminal."""
+    """Move a PENDING order to ``to`` (recording the amount charged, if given).
+
+    None when the order is missing or already terminal.
+    """
     row = await conn.fetchrow(
-        "UPDATE orders SET status = $2, reason = coalesce($3, reason), updated_at = now()"
+        "UPDATE orders SET status = $2, reason = coalesce($3, reason),"
+        " amount_cents = coalesce($4, amount_cents), updated_at = now()"
         f" WHERE order_id = $1 AND status = 'PENDING' RETURNING {_COLUMNS}",
         order_id,
         to,
         reason,
+        amount_cents,
     )
     return _order(row) if row else None
 

@@ -25,11 +25,14 @@ Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-
 
 
 class LineRequest(BaseModel):
+    """One line. The price is optional: inventory prices every line from its catalogue,
+    and refuses the order if a price given here differs (the client was shown another)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sku: Sku
     quantity: int = Field(gt=0, le=10_000)
-    unit_price_cents: int = Field(ge=0, le=100_000_000)
+    unit_price_cents: int | None = Field(default=None, ge=0, le=100_000_000)
 
 
 class PlaceOrderRequest(BaseModel):
@@ -49,8 +52,8 @@ class PlaceOrderRequest(BaseModel):
             customer_id=self.customer_id,
             payment_token=self.payment_token,
             currency=self.currency,
-            lines=[OrderLine(sku=x.sku, quantity=x.quantity,
-                             unit_price_cents=x.unit_price_cents) for x in self.lines],
+            lines=[OrderLine(sku=x.sku, quantity=x.quantity, unit_price_cents=x.unit_price_cents)
+                   for x in self.lines],
         )
         return new_envelope(str(self.order_id), body, producer=producer)
 
@@ -70,14 +73,20 @@ def check_place_order(order_id: str, body: PlaceOrder) -> PlaceOrderRequest:
         "customer_id": body.customer_id,
         "payment_token": body.payment_token,
         "currency": body.currency or DEFAULT_CURRENCY,
-        "lines": [{"sku": x.sku, "quantity": x.quantity, "unit_price_cents": x.unit_price_cents}
-                  for x in body.lines],
+        "lines": [_line(x) for x in body.lines],
     }
     try:
         return PlaceOrderRequest.model_validate(data)
     except ValidationError as exc:
         raise InvalidOrder("; ".join(f"{_path(e['loc'])}: {e['msg']}"
                                      for e in exc.errors())) from exc
+
+
+def _line(line: OrderLine) -> dict[str, Any]:
+    data: dict[str, Any] = {"sku": line.sku, "quantity": line.quantity}
+    if line.HasField("unit_price_cents"):
+        data["unit_price_cents"] = line.unit_price_cents
+    return data
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, Any]]:

@@ -3,8 +3,12 @@
 | on | does | emits |
 |---|---|---|
 | PlaceOrder | create PENDING (idempotent on order id) | OrderCreated |
-| PaymentCompleted | confirm if still PENDING | OrderConfirmed |
+| PaymentCompleted | confirm if still PENDING, recording the amount charged | OrderConfirmed |
 | InventoryRejected, PaymentFailed, CancelOrder | cancel if not terminal | OrderCancelled |
+
+Orders does not price an order: inventory does, from its catalogue, and
+payments charges that amount. An order's amount is unknown until it is
+confirmed, and is then the amount PaymentCompleted says was captured.
 """
 
 from __future__ import annotations
@@ -53,15 +57,13 @@ def validate_place_order(envelope: Envelope) -> PlaceOrderRequest:
 async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Create the order once; a repeated PlaceOrder for the same id changes nothing."""
     request = validate_place_order(envelope)
-    lines = [line.model_dump() for line in request.lines]
-    amount = sum(line.quantity * line.unit_price_cents for line in request.lines)
     order = Order(
         order_id=envelope.order_id,
         customer_id=request.customer_id,
         status=PENDING,
-        amount_cents=amount,
+        amount_cents=None,
         currency=request.currency,
-        lines=lines,
+        lines=[line.model_dump(exclude_none=True) for line in request.lines],
         payment_token=request.payment_token,
         reason=None,
         placed_at=_placed_at(envelope),
@@ -71,8 +73,7 @@ async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
         return []
     created = OrderCreated(
         customer_id=request.customer_id,
-        lines=envelope.place_order.lines,
-        amount_cents=amount,
+        lines=envelope.place_order.lines,  # a client's price goes along, for inventory to check
         currency=request.currency,
         payment_token=request.payment_token,
     )
@@ -81,10 +82,11 @@ async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
 
 async def confirm(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Confirm a PENDING order; a late payment for a cancelled order is refunded by payments."""
-    order = await orders.transition(conn, envelope.order_id, CONFIRMED)
+    charged = envelope.payment_completed.amount_cents
+    order = await orders.transition(conn, envelope.order_id, CONFIRMED, amount_cents=charged)
     if order is None:
         return []
-    body = OrderConfirmed(amount_cents=order.amount_cents)
+    body = OrderConfirmed(amount_cents=charged)
     return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)]
 
 
@@ -92,7 +94,7 @@ async def cancel(conn: asyncpg.Connection, envelope: Envelope, reason: str) -> l
     """Cancel unless terminal; a cancel before the order exists leaves a CANCELLED tombstone."""
     order = await orders.transition(conn, envelope.order_id, CANCELLED, reason)
     if order is None:
-        tombstone = Order(envelope.order_id, "", CANCELLED, 0, "EUR", [], "", reason,
+        tombstone = Order(envelope.order_id, "", CANCELLED, None, "EUR", [], "", reason,
                           _placed_at(envelope), _placed_at(envelope))
         if envelope.type != "CancelOrder" or not await orders.create(conn, tombstone):
             return []

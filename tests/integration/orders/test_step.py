@@ -27,8 +27,29 @@ async def test_place_order_creates_pending_and_emits_order_created(seeded) -> No
     pool, oid = seeded["orders"], new_order_id()
     result = await step(pool, orders.handle, envelope(oid, place(oid)))
     assert [e.type for e in result.emitted] == ["OrderCreated"]
-    assert result.emitted[0].order_created.amount_cents == 2 * 500
-    assert await pool.fetchval("SELECT status FROM orders WHERE order_id = $1", oid) == "PENDING"
+    assert result.emitted[0].order_created.lines[0].unit_price_cents == 500  # for inventory
+    row = await pool.fetchrow("SELECT status, amount_cents FROM orders WHERE order_id = $1", oid)
+    assert (row["status"], row["amount_cents"]) == ("PENDING", None)  # inventory prices it
+
+
+async def test_a_line_without_a_price_is_passed_on_without_one(seeded) -> None:
+    pool, oid = seeded["orders"], new_order_id()
+    body = place(oid)
+    body.lines[0].ClearField("unit_price_cents")
+    result = await step(pool, orders.handle, envelope(oid, body))
+    assert not result.emitted[0].order_created.lines[0].HasField("unit_price_cents")
+    lines = await pool.fetchval("SELECT lines FROM orders WHERE order_id = $1", oid)
+    assert lines == [{"sku": "SKU-0001", "quantity": 2}]
+
+
+async def test_confirming_records_the_amount_payments_captured(seeded) -> None:
+    """The order shows what was charged (the catalogue price), not what the client sent."""
+    pool, oid = seeded["orders"], new_order_id()
+    await step(pool, orders.handle, envelope(oid, place(oid)))
+    done = await step(pool, orders.handle,
+                      envelope(oid, PaymentCompleted(charge_id="ch", amount_cents=1234)))
+    assert done.emitted[0].order_confirmed.amount_cents == 1234
+    assert await pool.fetchval("SELECT amount_cents FROM orders WHERE order_id = $1", oid) == 1234
 
 
 async def test_duplicate_delivery_is_applied_once(seeded) -> None:
