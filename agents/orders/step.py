@@ -57,6 +57,7 @@ def validate_place_order(envelope: Envelope) -> PlaceOrderRequest:
 async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Create the order once; a repeated PlaceOrder for the same id changes nothing."""
     request = validate_place_order(envelope)
+    placed_at = _placed_at(envelope)
     order = Order(
         order_id=envelope.order_id,
         customer_id=request.customer_id,
@@ -66,8 +67,8 @@ async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
         lines=[line.model_dump(exclude_none=True) for line in request.lines],
         payment_token=request.payment_token,
         reason=None,
-        placed_at=_placed_at(envelope),
-        updated_at=_placed_at(envelope),
+        placed_at=placed_at,
+        updated_at=placed_at,
     )
     if not await orders.create(conn, order):
         return []
@@ -77,7 +78,8 @@ async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
         currency=request.currency,
         payment_token=request.payment_token,
     )
-    return [new_envelope(envelope.order_id, created, producer=SERVICE, cause=envelope)]
+    return [new_envelope(envelope.order_id, created, producer=SERVICE, cause=envelope,
+                         placed_at_ms=int(placed_at.timestamp() * 1000))]
 
 
 async def confirm(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
@@ -103,6 +105,12 @@ async def cancel(conn: asyncpg.Connection, envelope: Envelope, reason: str) -> l
 
 
 def _placed_at(envelope: Envelope) -> datetime:
+    """When the client placed the order; the intake time if its envelope does not say.
+
+    ``placed_at_ms`` and ``occurred_at_ms`` are optional (the README names
+    the fields a producer must set), and proto3 reads a missing one as 0:
+    the epoch, which no order was placed at.
+    """
     ms = envelope.placed_at_ms or envelope.occurred_at_ms
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms > 0 else datetime.now(UTC)
 

@@ -135,6 +135,22 @@ async def test_a_place_order_without_currency_gets_the_default(seeded) -> None:
     assert await pool.fetchval("SELECT currency FROM orders WHERE order_id = $1", oid) == "EUR"
 
 
+async def test_an_envelope_with_only_the_required_fields_is_placed_now(seeded) -> None:
+    """No placed_at_ms or occurred_at_ms (other languages' producers): the intake time."""
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.oms_pb2 import Envelope
+
+    pool, oid = seeded["orders"], new_order_id()
+    bare = Envelope(event_id=new_order_id(), order_id=oid, type="PlaceOrder",
+                    place_order=place(oid))
+    before = datetime.now(UTC)
+    result = await step(pool, orders.handle, bare)
+    placed = await pool.fetchval("SELECT placed_at FROM orders WHERE order_id = $1", oid)
+    assert before - timedelta(seconds=1) <= placed <= datetime.now(UTC)
+    assert result.emitted[0].placed_at_ms == int(placed.timestamp() * 1000)
+
+
 async def test_payment_completed_confirms_once_and_late_failures_are_ignored(seeded) -> None:
     pool, oid = seeded["orders"], new_order_id()
     await step(pool, orders.handle, envelope(oid, place(oid)))
