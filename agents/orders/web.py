@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from faust.types import AppT
 from faust.web import Request, Response, View
@@ -20,6 +21,36 @@ from schemas.oms_pb2 import CancelOrder
 from stores import orders
 
 MAX_BODY_BYTES = 64 * 1024
+JSON = "application/json"
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+class BadBody(ValueError):
+    """A request body that is not one JSON object; ``str()`` says what it is instead."""
+
+    def __init__(self, problem: str, detail: str | None = None) -> None:
+        super().__init__(problem)
+        self.detail = detail
+
+
+def media_type(request: Request) -> str | None:
+    """The request's media type without parameters (``charset``), lower-case; None if unset."""
+    value = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return value or None
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object a request body holds, or BadBody naming the problem."""
+    if not raw.strip():
+        raise BadBody("body is empty")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # bytes json cannot decode
+        raise BadBody("body is not JSON", str(exc)) from exc
+    if not isinstance(data, dict):
+        raise BadBody(f"body must be a JSON object, not {_JSON_TYPES[type(data)]}")
+    return data
 
 
 def add_order_views(app: AppT, runtime: ServiceConsumer, settings: Settings) -> None:
@@ -30,13 +61,17 @@ def add_order_views(app: AppT, runtime: ServiceConsumer, settings: Settings) -> 
     @app.page("/orders/")
     class OrdersView(View):
         async def post(self, request: Request) -> Response:
+            content_type = media_type(request)
+            if content_type != JSON:
+                return self.json({"error": "unsupported media type", "expected": JSON,
+                                  "content_type": content_type}, status=415)
             raw = await request.read()
             if len(raw) > MAX_BODY_BYTES:
                 return self.json({"error": "body too large", "limit": MAX_BODY_BYTES}, status=413)
             try:
-                body = PlaceOrderRequest.model_validate(json.loads(raw or b"null"))
-            except json.JSONDecodeError as exc:
-                return self.json({"error": "body is not JSON", "detail": str(exc)}, status=400)
+                body = PlaceOrderRequest.model_validate(json_object(raw))
+            except BadBody as exc:
+                return self.json({"error": str(exc), "detail": exc.detail}, status=400)
             except ValidationError as exc:
                 return self.json({"error": "invalid order", "fields": field_errors(exc)},
                                  status=422)
