@@ -56,7 +56,7 @@ def order_place(skus: tuple[str, ...], customer: str, token: str, order_id: str 
     """Produce one PlaceOrder to oms.order-commands."""
     from pydantic import ValidationError
 
-    from agents.orders.intake import PlaceOrderRequest
+    from agents.orders.intake import PlaceOrderRequest, field_errors
 
     lines = []
     for spec in skus:
@@ -71,8 +71,9 @@ def order_place(skus: tuple[str, ...], customer: str, token: str, order_id: str 
         data["order_id"] = order_id
     try:
         request = PlaceOrderRequest.model_validate(data)
-    except ValidationError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    except ValidationError as exc:  # its str() quotes the input, payment token included
+        problems = "; ".join(f"{e['field']}: {e['error']}" for e in field_errors(exc))
+        raise click.BadParameter(problems) from exc
     envelope = asyncio.run(_place(get_settings(), request))
     echo_json({"order_id": envelope.order_id, "event_id": envelope.event_id})
 

@@ -9,6 +9,9 @@ from typing import Any
 import asyncpg
 
 PENDING, CONFIRMED, CANCELLED = "PENDING", "CONFIRMED", "CANCELLED"
+MASK = "****"
+SHOWN_TOKEN_TAIL = 4
+"""Characters of a payment token shown after the mask, for tokens of 12 characters or more."""
 TERMINAL = (CONFIRMED, CANCELLED)
 _COLUMNS = (
     "order_id, customer_id, status, amount_cents, currency, lines, payment_token, reason,"
@@ -31,12 +34,24 @@ class Order:
     updated_at: datetime
 
     def as_json(self) -> dict[str, Any]:
-        """The web-view representation."""
+        """The web-view representation; the payment token masked (it never leaves unmasked)."""
         return {
             **{k: v for k, v in self.__dict__.items() if k not in ("placed_at", "updated_at")},
+            "payment_token": masked(self.payment_token),
             "placed_at": self.placed_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+def masked(token: str) -> str:
+    """``****`` and, for a token of 12 characters or more, its last 4 (``****4242``).
+
+    A short token shows nothing: its last characters would be a large part of it.
+    """
+    if not token:
+        return ""
+    tail = token[-SHOWN_TOKEN_TAIL:] if len(token) >= 3 * SHOWN_TOKEN_TAIL else ""
+    return MASK + tail
 
 
 async def create(conn: asyncpg.Connection, order: Order) -> bool:

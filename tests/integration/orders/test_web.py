@@ -23,7 +23,9 @@ from agents.orders import step as orders
 from agents.orders.web import add_order_views
 from agents.topology import ORDER_EVENTS, ORDERS
 from config import Settings
+from schemas.oms_pb2 import PlaceOrder
 from tests.conftest import new_order_id
+from tests.helpers import envelope, lines, step
 
 pytestmark = pytest.mark.integration
 GOOD = {"customer_id": "web", "payment_token": "tok_visa",
@@ -103,3 +105,15 @@ async def test_an_order_id_that_is_not_a_uuid_gets_400(client: TestClient) -> No
 
 async def test_an_unknown_order_gets_404(client: TestClient) -> None:
     assert (await client.get(f"/orders/{new_order_id()}/")).status == 404
+@pytest.mark.parametrize(("token", "shown"), [("tok_live_4242424242424242", "****4242"),
+                                              ("tok_visa", "****"), ("Zq9", "****")])
+async def test_the_order_view_never_shows_the_payment_token(
+    client: TestClient, pools: dict[str, asyncpg.Pool], token: str, shown: str
+) -> None:
+    oid = new_order_id()
+    body = PlaceOrder(customer_id="c", payment_token=token, lines=lines(("SKU-0001", 1)))
+    await step(pools["orders"], orders.handle, envelope(oid, body))
+    resp = await client.get(f"/orders/{oid}/")
+    assert resp.status == 200
+    assert token not in await resp.text()
+    assert (await resp.json())["payment_token"] == shown
