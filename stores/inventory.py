@@ -37,24 +37,27 @@ class ReserveOutcome:
 
     decided_before: bool = False
     unknown: list[str] = field(default_factory=list)
-    mispriced: list[Mispriced] = field(default_factory=list)
     short: list[str] = field(default_factory=list)
+    mispriced: list[Mispriced] = field(default_factory=list)
     prices: dict[str, int] = field(default_factory=dict)
     """Catalogue unit price of every SKU reserved (empty unless reserved now)."""
 
     @property
     def blocking(self) -> list[str]:
-        """The SKUs a rejection names: unknown ones, else mispriced ones, else those short."""
-        return self.unknown or [m.sku for m in self.mispriced] or self.short
+        """The SKUs a rejection names: unknown ones, else those short, else mispriced ones.
+
+        Missing stock comes before a wrong price: the order cannot be had at any price.
+        """
+        return self.unknown or self.short or [m.sku for m in self.mispriced]
 
     @property
     def reason(self) -> str:
         """The rejection's reason, recorded and sent; empty unless rejected now."""
         if self.unknown:
             return "unknown sku: " + ", ".join(self.unknown)
-        if self.mispriced:
-            return "price mismatch: " + "; ".join(str(m) for m in self.mispriced)
-        return "out of stock: " + ", ".join(self.short) if self.short else ""
+        if self.short:
+            return "out of stock: " + ", ".join(self.short)
+        return "price mismatch: " + "; ".join(map(str, self.mispriced)) if self.mispriced else ""
 
 
 async def reservation_status(conn: asyncpg.Connection, order_id: str) -> str | None:
@@ -107,7 +110,7 @@ async def reserve(
                  for q in sorted(quoted.get(sku, ())) if q != price[sku]]
     short = [sku for sku in skus if sku in available and available[sku] < quantities[sku]]
     if unknown or mispriced or short:
-        rejected = ReserveOutcome(unknown=unknown, mispriced=mispriced, short=short)
+        rejected = ReserveOutcome(unknown=unknown, short=short, mispriced=mispriced)
         await _decide(conn, order_id, REJECTED, rejected.reason)
         return rejected
     await conn.execute(

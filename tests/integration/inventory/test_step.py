@@ -80,6 +80,16 @@ async def test_a_client_price_other_than_the_catalogue_rejects_the_order(seeded,
     assert (row["status"], row["reason"]) == ("REJECTED", reason)
 
 
+async def test_missing_stock_is_the_reason_before_a_wrong_price(seeded) -> None:
+    """The order cannot be had at any price: say so, rather than ask for another price."""
+    pool, oid = seeded["inventory"], new_order_id()
+    body = created((("SKU-SOLDOUT", 1), ("SKU-0001", 1)))
+    body.lines[0].unit_price_cents = 1000
+    body.lines[1].unit_price_cents = 1
+    result = await step(pool, inventory.handle, envelope(oid, body))
+    assert result.emitted[0].inventory_rejected.reason == "out of stock: SKU-SOLDOUT"
+
+
 async def test_reservation_is_all_or_nothing(seeded) -> None:
     pool, oid = seeded["inventory"], new_order_id()
     before = await stock(pool, "SKU-0001")
