@@ -311,3 +311,41 @@ async def test_the_page_reads_only_what_it_needs(
                              limit=2, scan_max=3)
     assert narrow.letters == [] and narrow.scanned == 3 and narrow.next is not None
     assert re.fullmatch(r"\d+:\d+", str(narrow.next))
+
+
+async def test_no_log_line_or_view_shows_a_payment_token(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """An order and a dead-lettered order with the same token: neither leaves it anywhere."""
+    token = f"tok_edge_{uuid.uuid4().hex}"
+    order = {"customer_id": "edge-secret", "payment_token": token,
+             "lines": [{"sku": "SKU-0007", "quantity": 1}]}
+    async with http.post(f"{stack.web_url('orders-0')}/orders/", json=order) as resp:
+        assert resp.status == 202
+        order_id = str((await resp.json())["order_id"])
+    refused = {**order, "lines": [{"sku": "SKU-0007", "quantity": 0}]}
+    async with http.post(f"{stack.web_url('orders-0')}/orders/", json=refused) as resp:
+        assert resp.status == 422
+        seen = [await resp.text()]
+    bad_id = str(uuid.uuid4())
+    body = PlaceOrder(customer_id="edge-secret", payment_token=token,
+                      lines=[OrderLine(sku="SKU-0007", quantity=0)])
+    async with OrderClient(stack.settings) as client:
+        await client.send(new_envelope(bad_id, body, producer="edge-test"))
+    assert (await terminal(stack, order_id))["status"] == "CONFIRMED"
+
+    async def parked() -> list[dict[str, Any]]:
+        _, page = await dead_letter_page(http, stack, ADMIN, reason_contains="quantity",
+                                         limit="500")
+        return [x for x in page["dead_letters"] if x["key"] == bad_id]
+
+    seen.append(json.dumps(await eventually(parked, bool, 30, "the dead letter")))
+    seen.append(json.dumps(await shown(http, stack, order_id)))
+    for path in (f"/sagas/{order_id}/", "/sagas/recent/", "/metrics"):
+        async with http.get(stack.web_url("orchestrator-0") + path) as resp:
+            seen.append(await resp.text())
+    logs = [p.read_text(errors="replace")
+            for p in (Path(stack.settings.data_dir) / "logs").glob("*.log")]
+    assert any("invalid PlaceOrder: lines[0].quantity" in text for text in logs)  # logged
+    for text in seen + logs:
+        assert token not in text
