@@ -46,7 +46,9 @@ def order() -> None:
 
 
 @order.command("place")
-@click.option("--sku", "skus", multiple=True, required=True, help="SKU:QTY[:PRICE_CENTS]")
+@click.option("--sku", "skus", multiple=True, required=True,
+              help="SKU:QTY[:PRICE_CENTS]; the catalogue prices every line, and a price given"
+                   " here that differs from it gets the order rejected")
 @click.option("--customer", default="cli", show_default=True)
 @click.option("--token", default="tok_visa", show_default=True, help="payment token")
 @click.option("--order-id", default=None, help="UUID; a repeat with the same id is a no-op")
@@ -54,20 +56,24 @@ def order_place(skus: tuple[str, ...], customer: str, token: str, order_id: str 
     """Produce one PlaceOrder to oms.order-commands."""
     from pydantic import ValidationError
 
-    from agents.orders.intake import PlaceOrderRequest
+    from agents.orders.intake import PlaceOrderRequest, field_errors
 
     lines = []
     for spec in skus:
         sku, _, rest = spec.partition(":")
         qty, _, price = rest.partition(":")
-        lines.append({"sku": sku, "quantity": qty or 1, "unit_price_cents": price or 0})
+        line: dict[str, Any] = {"sku": sku, "quantity": qty or 1}
+        if price:
+            line["unit_price_cents"] = price
+        lines.append(line)
     data: dict[str, Any] = {"customer_id": customer, "lines": lines, "payment_token": token}
     if order_id:
         data["order_id"] = order_id
     try:
         request = PlaceOrderRequest.model_validate(data)
-    except ValidationError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    except ValidationError as exc:  # its str() quotes the input, payment token included
+        problems = "; ".join(f"{e['field']}: {e['error']}" for e in field_errors(exc))
+        raise click.BadParameter(problems) from exc
     envelope = asyncio.run(_place(get_settings(), request))
     echo_json({"order_id": envelope.order_id, "event_id": envelope.event_id})
 

@@ -1,12 +1,14 @@
-"""The inventory database: stock per SKU and one reservation per order.
+"""The inventory database: the catalogue (stock and price per SKU) and one reservation per order.
 
 Reserving is all-or-nothing: the stock rows of an order are locked in SKU
 order (so concurrent orders cannot deadlock), checked, then moved together.
+Each reserved line records the catalogue's unit price at that moment: it is
+what the order is charged, whatever the client sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,24 +20,44 @@ RESERVED, REJECTED, SOLD, RELEASED, CANCELLED = (
 
 
 @dataclass(frozen=True)
+class Mispriced:
+    """A line whose client price is not the catalogue's."""
+
+    sku: str
+    price_cents: int
+    quoted_cents: int
+
+    def __str__(self) -> str:
+        return f"{self.sku} costs {self.price_cents} cents, the order says {self.quoted_cents}"
+
+
+@dataclass(frozen=True)
 class ReserveOutcome:
     """What :func:`reserve` decided; ``decided_before`` means the order was seen already."""
 
     decided_before: bool = False
     unknown: list[str] = field(default_factory=list)
     short: list[str] = field(default_factory=list)
+    mispriced: list[Mispriced] = field(default_factory=list)
+    prices: dict[str, int] = field(default_factory=dict)
+    """Catalogue unit price of every SKU reserved (empty unless reserved now)."""
 
     @property
     def blocking(self) -> list[str]:
-        """The SKUs a rejection names: the unknown ones, else those short of stock."""
-        return self.unknown or self.short
+        """The SKUs a rejection names: unknown ones, else those short, else mispriced ones.
+
+        Missing stock comes before a wrong price: the order cannot be had at any price.
+        """
+        return self.unknown or self.short or [m.sku for m in self.mispriced]
 
     @property
     def reason(self) -> str:
         """The rejection's reason, recorded and sent; empty unless rejected now."""
         if self.unknown:
             return "unknown sku: " + ", ".join(self.unknown)
-        return "out of stock: " + ", ".join(self.short) if self.short else ""
+        if self.short:
+            return "out of stock: " + ", ".join(self.short)
+        return "price mismatch: " + "; ".join(map(str, self.mispriced)) if self.mispriced else ""
 
 
 async def reservation_status(conn: asyncpg.Connection, order_id: str) -> str | None:
@@ -56,17 +78,23 @@ async def lock_stock(conn: asyncpg.Connection, skus: list[str], settling: list[s
 
 
 async def reserve(
-    conn: asyncpg.Connection, order_id: str, quantities: Mapping[str, int]
+    conn: asyncpg.Connection,
+    order_id: str,
+    quantities: Mapping[str, int],
+    quoted: Mapping[str, Collection[int]],
 ) -> ReserveOutcome:
-    """Reserve every line or none, in two round trips; a rejection is recorded too.
+    """Reserve every line or none at catalogue prices, in two round trips; a rejection too.
 
-    The first statement locks the order's stock rows in SKU order and reads
-    whether the order was decided before; the second moves the units and
-    records the reservation and its lines in one statement.
+    ``quoted`` holds the unit prices the client sent per SKU (SKUs without one
+    are left out); an order quoting any other price than the catalogue's is
+    rejected, so nobody is charged other than what they were shown. The first
+    statement locks the order's stock rows in SKU order and reads their
+    prices and whether the order was decided before; the second moves the
+    units and records the reservation and its priced lines in one statement.
     """
     skus = sorted(quantities)
     rows = await conn.fetch(
-        "SELECT s.sku, s.available,"
+        "SELECT s.sku, s.available, s.price_cents,"
         " (SELECT status FROM reservations WHERE order_id = $2) AS decided"
         " FROM stock s WHERE s.sku = ANY($1::text[]) ORDER BY s.sku FOR UPDATE OF s",
         skus,
@@ -76,10 +104,13 @@ async def reserve(
     if decided is not None:
         return ReserveOutcome(decided_before=True)
     available = {r["sku"]: r["available"] for r in rows}
+    price = {r["sku"]: int(r["price_cents"]) for r in rows}
     unknown = [sku for sku in skus if sku not in available]
+    mispriced = [Mispriced(sku, price[sku], q) for sku in skus if sku in price
+                 for q in sorted(quoted.get(sku, ())) if q != price[sku]]
     short = [sku for sku in skus if sku in available and available[sku] < quantities[sku]]
-    if unknown or short:
-        rejected = ReserveOutcome(unknown=unknown, short=short)
+    if unknown or mispriced or short:
+        rejected = ReserveOutcome(unknown=unknown, short=short, mispriced=mispriced)
         await _decide(conn, order_id, REJECTED, rejected.reason)
         return rejected
     await conn.execute(
@@ -87,13 +118,15 @@ async def reserve(
         "   reserved = s.reserved + r.qty"
         "   FROM unnest($2::text[], $3::int[]) AS r(sku, qty) WHERE s.sku = r.sku),"
         " decided AS (INSERT INTO reservations (order_id, status) VALUES ($1, 'RESERVED'))"
-        " INSERT INTO reservation_lines (order_id, sku, quantity)"
-        " SELECT $1, sku, qty FROM unnest($2::text[], $3::int[]) AS r(sku, qty)",
+        " INSERT INTO reservation_lines (order_id, sku, quantity, unit_price_cents)"
+        " SELECT $1, sku, qty, price"
+        " FROM unnest($2::text[], $3::int[], $4::bigint[]) AS r(sku, qty, price)",
         order_id,
         skus,
         [quantities[sku] for sku in skus],
+        [price[sku] for sku in skus],
     )
-    return ReserveOutcome()
+    return ReserveOutcome(prices=price)
 
 
 async def settle(conn: asyncpg.Connection, order_id: str, to: str) -> bool:

@@ -9,6 +9,9 @@ from typing import Any
 import asyncpg
 
 PENDING, CONFIRMED, CANCELLED = "PENDING", "CONFIRMED", "CANCELLED"
+MASK = "****"
+SHOWN_TOKEN_TAIL = 4
+"""Characters of a payment token shown after the mask, for tokens of 12 characters or more."""
 TERMINAL = (CONFIRMED, CANCELLED)
 _COLUMNS = (
     "order_id, customer_id, status, amount_cents, currency, lines, payment_token, reason,"
@@ -21,7 +24,8 @@ class Order:
     order_id: str
     customer_id: str
     status: str
-    amount_cents: int
+    amount_cents: int | None
+    """The amount captured, once confirmed; None before (inventory prices the order)."""
     currency: str
     lines: list[dict[str, Any]]
     payment_token: str
@@ -30,12 +34,24 @@ class Order:
     updated_at: datetime
 
     def as_json(self) -> dict[str, Any]:
-        """The web-view representation."""
+        """The web-view representation; the payment token masked (it never leaves unmasked)."""
         return {
             **{k: v for k, v in self.__dict__.items() if k not in ("placed_at", "updated_at")},
+            "payment_token": masked(self.payment_token),
             "placed_at": self.placed_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+
+def masked(token: str) -> str:
+    """``****`` and, for a token of 12 characters or more, its last 4 (``****4242``).
+
+    A short token shows nothing: its last characters would be a large part of it.
+    """
+    if not token:
+        return ""
+    tail = token[-SHOWN_TOKEN_TAIL:] if len(token) >= 3 * SHOWN_TOKEN_TAIL else ""
+    return MASK + tail
 
 
 async def create(conn: asyncpg.Connection, order: Order) -> bool:
@@ -58,15 +74,21 @@ async def create(conn: asyncpg.Connection, order: Order) -> bool:
 
 
 async def transition(
-    conn: asyncpg.Connection, order_id: str, to: str, reason: str | None = None
+    conn: asyncpg.Connection, order_id: str, to: str, reason: str | None = None, *,
+    amount_cents: int | None = None,
 ) -> Order | None:
-    """Move a PENDING order to ``to``; None when it is missing or already terminal."""
+    """Move a PENDING order to ``to`` (recording the amount charged, if given).
+
+    None when the order is missing or already terminal.
+    """
     row = await conn.fetchrow(
-        "UPDATE orders SET status = $2, reason = coalesce($3, reason), updated_at = now()"
+        "UPDATE orders SET status = $2, reason = coalesce($3, reason),"
+        " amount_cents = coalesce($4, amount_cents), updated_at = now()"
         f" WHERE order_id = $1 AND status = 'PENDING' RETURNING {_COLUMNS}",
         order_id,
         to,
         reason,
+        amount_cents,
     )
     return _order(row) if row else None
 

@@ -21,5 +21,5 @@ def catalogue(regular_units: int = 1_000_000) -> dict[str, tuple[int, int]]:
 
 
 def price_of(sku: str) -> int:
-    """The catalogue price of a SKU (clients send it with each line)."""
+    """The catalogue price of a SKU: what a client is shown, and may quote with each line."""
     return catalogue()[sku][1]

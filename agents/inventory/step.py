@@ -2,16 +2,19 @@
 
 | on | does | emits |
 |---|---|---|
-| OrderCreated | reserve every line or none | InventoryReserved / InventoryRejected |
+| OrderCreated | reserve all or none, at catalogue prices | InventoryReserved / InventoryRejected |
 | OrderConfirmed | reservation becomes sold | InventoryCommitted |
 | OrderCancelled | release the reservation if held | InventoryReleased |
 
 All three arrive on ``oms.order-events``, so they reach this service in order.
+Inventory owns the catalogue, so it prices the order: InventoryReserved
+carries the catalogue price of every line and their total, which is what
+payments charges. A client's price that differs rejects the order.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
 import asyncpg
 
@@ -24,6 +27,7 @@ from schemas.oms_pb2 import (
     InventoryReleased,
     InventoryReserved,
     OrderCreated,
+    OrderLine,
 )
 from stores import inventory
 from stores.inventory import RELEASED, SOLD
@@ -68,17 +72,29 @@ def quantities(body: OrderCreated) -> Counter[str]:
     return wanted
 
 
+def quoted_prices(body: OrderCreated) -> dict[str, set[int]]:
+    """The unit prices the client sent, per SKU (lines without one quote nothing)."""
+    quoted: defaultdict[str, set[int]] = defaultdict(set)
+    for line in body.lines:
+        if line.HasField("unit_price_cents"):
+            quoted[line.sku].add(line.unit_price_cents)
+    return quoted
+
+
 async def reserve(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
-    """Reserve every line or none; an order seen before (or cancelled first) is left alone."""
+    """Reserve every line or none at catalogue prices; an order seen before is left alone."""
     body = envelope.order_created
-    outcome = await inventory.reserve(conn, envelope.order_id, quantities(body))
+    outcome = await inventory.reserve(conn, envelope.order_id, quantities(body),
+                                      quoted_prices(body))
     if outcome.decided_before:
         return []
     if outcome.reason:
         return [_rejected(envelope, outcome.reason, outcome.blocking)]
+    lines = [OrderLine(sku=x.sku, quantity=x.quantity, unit_price_cents=outcome.prices[x.sku])
+             for x in body.lines]
     reserved = InventoryReserved(
-        lines=body.lines,
-        amount_cents=body.amount_cents,
+        lines=lines,
+        amount_cents=sum(x.quantity * x.unit_price_cents for x in lines),
         currency=body.currency,
         payment_token=body.payment_token,
     )

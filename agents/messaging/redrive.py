@@ -2,8 +2,12 @@
 
 A dead letter is the original record (key, value, headers) plus ``oms-dlq-*``
 headers saying who parked it, why, and where it came from
-(:mod:`agents.messaging.dead_letters`). Listing reads the topic
-from the start without a consumer group, so it never moves anything.
+(:mod:`agents.messaging.dead_letters`). Reading uses no consumer group, so it
+never moves anything. It goes partition by partition, oldest first, and
+streams: :func:`read_page` (the web view) reads only what one page needs,
+at most ``scan_max`` records, and says where the next page starts
+(``partition:offset``); :func:`iter_dead_letters` (the CLI, redrive) holds
+one fetch at a time, never the whole topic.
 
 Re-driving produces the original bytes and headers (minus ``oms-dlq-*``) to
 the original topic, keyed as before, then records the dead letter's
@@ -19,7 +23,8 @@ absorb.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +39,11 @@ from config import Settings
 
 PREVIEW_BYTES = 32
 READ_TIMEOUT_S = 30.0
+PAGE_LIMIT = 50
+"""Dead letters per page unless asked otherwise."""
+PAGE_LIMIT_MAX = 500
+SCAN_MAX = 5_000
+"""Records one page reads at most, matching or not: a narrow filter pages on, not longer."""
 
 
 @dataclass(frozen=True)
@@ -106,57 +116,130 @@ def _int_or_none(text: str) -> int | None:
     return int(text) if text.lstrip("-").isdigit() else None
 
 
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where reading starts: this offset of this partition, then the later partitions."""
+
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """``"2:120"`` -> Position(2, 120); ValueError for anything else."""
+        partition, sep, offset = text.partition(":")
+        if not (sep and partition.isdigit() and offset.isdigit()):
+            raise ValueError(f"expected PARTITION:OFFSET, e.g. 0:120, got {text!r}")
+        return cls(int(partition), int(offset))
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of dead letters and where the next one starts (None: the end was reached)."""
+
+    letters: list[DeadLetter]
+    next: Position | None
+    scanned: int
+
+
 async def read_topic(settings: Settings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of ``topic`` up to its end offsets now, without a consumer group."""
-    consumer = kafka.consumer(settings, group_id=None, enable_auto_commit=False,
-                              auto_offset_reset="earliest")
+    """Every record of ``topic`` up to its end offsets now (small topics: the ledger)."""
+    consumer = _reader(settings)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - fresh client
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        return await _read_until(consumer, end)
+        async with aclosing(_scan(consumer, topic, None)) as records:
+            return [r async for r in records]
     finally:
         await consumer.stop()
 
 
-async def _read_until(
-    consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]
-) -> list[ConsumerRecord[bytes, bytes]]:
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    deadline = time.monotonic() + READ_TIMEOUT_S
-    while [tp for tp in end if await consumer.position(tp) < end[tp]]:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"could not read up to the end offsets {end} in {READ_TIMEOUT_S}s")
-        batch = await consumer.getmany(timeout_ms=200)
-        for tp, rows in batch.items():
-            records += [r for r in rows if r.offset < end[tp]]
-    return sorted(records, key=lambda r: (r.partition, r.offset))
+def _reader(settings: Settings) -> AIOKafkaConsumer:
+    return kafka.consumer(settings, group_id=None, enable_auto_commit=False,
+                          auto_offset_reset="earliest")
+
+
+async def _scan(
+    consumer: AIOKafkaConsumer, topic: str, start: Position | None
+) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
+    """The records of ``topic`` from ``start`` (else the beginning) up to the end offsets,
+    partition by partition, one fetch in memory at a time."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client.force_metadata_update()  # noqa: SLF001 - fresh client
+        partitions = consumer.partitions_for_topic(topic) or set()
+    for partition in sorted(p for p in partitions if start is None or p >= start.partition):
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        if start is not None and partition == start.partition:
+            consumer.seek(tp, start.offset)  # below the log start: reset to the earliest
+        else:
+            await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while await consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {tp} up to offset {end} in {READ_TIMEOUT_S}s")
+            batch = await consumer.getmany(tp, timeout_ms=200, max_records=500)
+            for record in batch.get(tp, ()):
+                if record.offset < end:
+                    yield record
+
+
+def _letter(record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
+    return DeadLetter(record.partition, record.offset, record.key, record.value,
+                      [(k, bytes(v)) for k, v in (record.headers or ())])
+
+
+async def iter_dead_letters(
+    settings: Settings, filters: Filters, start: Position | None = None
+) -> AsyncGenerator[DeadLetter, None]:
+    """Every dead letter that matches ``filters`` (ignoring its limit), oldest first."""
+    consumer = _reader(settings)
+    await consumer.start()
+    try:
+        async with aclosing(_scan(consumer, settings.topic(DEAD_LETTERS), start)) as records:
+            async for record in records:
+                letter = _letter(record)
+                if filters.match(letter):
+                    yield letter
+    finally:
+        await consumer.stop()
+
+
+async def read_page(
+    settings: Settings, filters: Filters, start: Position | None = None, *,
+    limit: int = PAGE_LIMIT, scan_max: int = SCAN_MAX,
+) -> Page:
+    """Up to ``limit`` matching dead letters from ``start``, reading at most ``scan_max``."""
+    letters: list[DeadLetter] = []
+    scanned = 0
+    consumer = _reader(settings)
+    await consumer.start()
+    try:
+        async with aclosing(_scan(consumer, settings.topic(DEAD_LETTERS), start)) as records:
+            async for record in records:
+                scanned += 1
+                letter = _letter(record)
+                if filters.match(letter):
+                    letters.append(letter)
+                if len(letters) >= limit or scanned >= scan_max:
+                    return Page(letters, Position(record.partition, record.offset + 1), scanned)
+    finally:
+        await consumer.stop()
+    return Page(letters, None, scanned)
 
 
 async def dead_letters(settings: Settings, filters: Filters) -> list[DeadLetter]:
     """The dead letters that match ``filters``, oldest first, at most ``limit``."""
-    records = await read_topic(settings, settings.topic(DEAD_LETTERS))
-    letters = (
-        DeadLetter(r.partition, r.offset, r.key, r.value,
-                   [(k, bytes(v)) for k, v in (r.headers or ())])
-        for r in records
-    )
-    return list(_limited((x for x in letters if filters.match(x)), filters.limit))
-
-
-def _limited(items: Iterator[DeadLetter], limit: int | None) -> Iterator[DeadLetter]:
-    for i, item in enumerate(items):
-        if limit is not None and i >= limit:
-            return
-        yield item
+    found: list[DeadLetter] = []
+    async with aclosing(iter_dead_letters(settings, filters)) as letters:
+        async for letter in letters:
+            if filters.limit is not None and len(found) >= filters.limit:
+                break
+            found.append(letter)
+    return found
 
 
 async def redriven(settings: Settings) -> set[bytes]:
@@ -168,9 +251,13 @@ async def redrive(settings: Settings, filters: Filters, *, dry_run: bool = False
                   ) -> list[dict[str, Any]]:
     """Re-produce matching dead letters not re-driven before; return what was (or would be)."""
     done = await redriven(settings)
-    letters = [x for x in await dead_letters(settings, Filters(
-        filters.service, filters.topic, filters.reason_contains)) if x.ledger_key not in done]
-    letters = list(_limited(iter(letters), filters.limit))
+    letters: list[DeadLetter] = []
+    async with aclosing(iter_dead_letters(settings, filters)) as found:
+        async for letter in found:
+            if filters.limit is not None and len(letters) >= filters.limit:
+                break
+            if letter.ledger_key not in done:
+                letters.append(letter)
     todo = [x for x in letters if x.source_topic]
     if dry_run or not todo:
         return [{**x.as_json(), "redriven": False} for x in todo]

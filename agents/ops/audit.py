@@ -77,7 +77,7 @@ async def audit(
                        settle_grace_s)
         invariants = [
             _terminal(ctx),
-            _confirmed_settled(ctx),
+            await _confirmed_settled(ctx, conns["inventory"]),
             _cancelled_compensated(ctx),
             await _stock_conserved(conns["inventory"]),
             _no_double_charge(ctx),
@@ -151,8 +151,18 @@ def _terminal(ctx: _Context) -> Invariant:
     return inv
 
 
-def _confirmed_settled(ctx: _Context) -> Invariant:
-    inv = Invariant("confirmed: exactly one capture of the order amount, reservation sold")
+async def _confirmed_settled(ctx: _Context, inventory: asyncpg.Connection) -> Invariant:
+    """One capture of exactly the catalogue-priced amount inventory recorded, reservation sold.
+
+    The order's own amount (what ``GET /orders/{id}/`` shows) must be that
+    capture too. Reservations made before prices were recorded have none;
+    their capture is compared with the order's amount only.
+    """
+    inv = Invariant("confirmed: exactly one capture of the catalogue price, reservation sold")
+    priced = {str(r["order_id"]): r["amount"] for r in await inventory.fetch(
+        "SELECT order_id, CASE WHEN count(unit_price_cents) = count(*)"
+        " THEN sum(quantity * unit_price_cents) END AS amount"
+        " FROM reservation_lines GROUP BY order_id")}
     for order_id, order in ctx.orders.items():
         if order["status"] != "CONFIRMED":
             continue
@@ -160,8 +170,13 @@ def _confirmed_settled(ctx: _Context) -> Invariant:
         problems = []
         if capture is None or capture["status"] != "CAPTURED":
             problems.append(f"capture {capture['status'] if capture else 'missing'}")
-        elif capture["amount_cents"] != order["amount_cents"]:
-            problems.append(f"captured {capture['amount_cents']} != {order['amount_cents']}")
+        else:
+            catalogue = priced.get(order_id)
+            if catalogue is not None and capture["amount_cents"] != catalogue:
+                problems.append(f"captured {capture['amount_cents']} != catalogue {catalogue}")
+            if capture["amount_cents"] != order["amount_cents"]:
+                problems.append(f"captured {capture['amount_cents']} != order"
+                                f" {order['amount_cents']}")
         if ctx.reservations.get(order_id) != "SOLD":
             problems.append(f"reservation {ctx.reservations.get(order_id)}")
         if ctx.payments.get(order_id) != "CHARGED":

@@ -111,14 +111,31 @@ def _filters(func: Any) -> Any:
 
 @dead_letters_group.command("list")
 @_filters
+@click.option("--after", default=None, help="PARTITION:OFFSET to start at (default: the start)")
 def dead_letters_list(service: str | None, topic: str | None, reason_contains: str | None,
-                      limit: int | None) -> None:
-    """One JSON line per dead letter (reads from the start, commits nothing)."""
-    from agents.messaging.redrive import Filters, dead_letters
+                      limit: int | None, after: str | None) -> None:
+    """One JSON line per dead letter, as it is read (commits nothing)."""
+    from agents.messaging.redrive import Filters, Position
 
-    filters = Filters(service, topic, reason_contains, limit)
-    for letter in asyncio.run(dead_letters(get_settings(), filters)):
-        echo_json(letter.as_json())
+    try:
+        start = Position.parse(after) if after else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--after") from exc
+    asyncio.run(_print_dead_letters(Filters(service, topic, reason_contains, limit), start))
+
+
+async def _print_dead_letters(filters: Any, start: Any) -> None:
+    from contextlib import aclosing
+
+    from agents.messaging.redrive import iter_dead_letters
+
+    printed = 0
+    async with aclosing(iter_dead_letters(get_settings(), filters, start)) as letters:
+        async for letter in letters:
+            if filters.limit is not None and printed >= filters.limit:
+                return
+            echo_json(letter.as_json())
+            printed += 1
 
 
 @dead_letters_group.command("redrive")

@@ -1,4 +1,10 @@
-"""Dead-letter views on the tracker app: list (read-only) and re-drive (token required)."""
+"""Dead-letter views on the tracker app: list one page, re-drive; both need the admin token.
+
+Dead letters hold whole payloads (payment tokens included), so reading them
+is an operator's act like re-driving them. A listing reads only what its
+page needs (:func:`agents.messaging.redrive.read_page`), never the whole
+topic, and answers where the next page starts.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,47 @@ from faust.types import AppT
 from faust.web import Request, Response, View
 
 from agents.http import authorized
-from agents.messaging.redrive import Filters, dead_letters, redrive
+from agents.messaging.redrive import (
+    PAGE_LIMIT,
+    PAGE_LIMIT_MAX,
+    Filters,
+    Position,
+    read_page,
+    redrive,
+)
 from config import Settings
 
 
+class BadQuery(ValueError):
+    """A query parameter that cannot be used; ``str()`` names it and says why."""
+
+
 def filters_of(data: dict[str, object]) -> Filters:
-    """Filters from a query string or JSON body; ValueError for a bad limit."""
+    """Filters from a query string or JSON body; BadQuery for a bad limit."""
     limit = data.get("limit")
     return Filters(
         service=str(data["service"]) if data.get("service") else None,
         topic=str(data["topic"]) if data.get("topic") else None,
         reason_contains=str(data["reason_contains"]) if data.get("reason_contains") else None,
-        limit=int(str(limit)) if limit not in (None, "") else None,
+        limit=_whole_number("limit", limit) if limit not in (None, "") else None,
     )
+
+
+def page_of(query: dict[str, str]) -> tuple[int, Position | None]:
+    """``limit`` (default 50, capped at 500) and ``after`` (a page's ``next``) of a listing."""
+    limit = _whole_number("limit", query["limit"]) if query.get("limit") else PAGE_LIMIT
+    try:
+        start = Position.parse(query["after"]) if query.get("after") else None
+    except ValueError as exc:
+        raise BadQuery(f"after: {exc}") from exc
+    return min(limit, PAGE_LIMIT_MAX), start
+
+
+def _whole_number(name: str, value: object) -> int:
+    text = str(value)
+    if not text.isdigit() or int(text) < 1:
+        raise BadQuery(f"{name}: a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def add_dead_letter_views(app: AppT, settings: Settings) -> None:
@@ -29,12 +63,18 @@ def add_dead_letter_views(app: AppT, settings: Settings) -> None:
     @app.page("/dead-letters/")
     class DeadLetters(View):
         async def get(self, request: Request) -> Response:
+            if not authorized(request, settings):
+                return self.json({"error": "bearer token required"}, status=401)
+            query = dict(request.query)
             try:
-                filters = filters_of(dict(request.query))
-            except ValueError:
-                return self.json({"error": "limit: not an integer"}, status=400)
-            letters = await dead_letters(settings, filters)
-            return self.json({"dead_letters": [x.as_json() for x in letters]})
+                filters = filters_of({k: v for k, v in query.items() if k != "limit"})
+                limit, start = page_of(query)
+            except BadQuery as exc:
+                return self.json({"error": str(exc)}, status=400)
+            page = await read_page(settings, filters, start, limit=limit)
+            return self.json({"dead_letters": [x.as_json() for x in page.letters],
+                              "next": str(page.next) if page.next else None,
+                              "limit": limit, "scanned": page.scanned})
 
     @app.page("/dead-letters/redrive/")
     class Redrive(View):
@@ -44,9 +84,9 @@ def add_dead_letter_views(app: AppT, settings: Settings) -> None:
             try:
                 body = json.loads(await request.read() or b"{}")
                 if not isinstance(body, dict):
-                    raise ValueError("body must be a JSON object")
+                    raise BadQuery("body must be a JSON object")
                 filters = filters_of(body)
-            except ValueError as exc:  # JSONDecodeError is a ValueError
+            except ValueError as exc:  # BadQuery, and JSONDecodeError, are ValueErrors
                 return self.json({"error": f"bad request: {exc}"}, status=400)
             dry_run = bool(body.get("dry_run"))
             done = await redrive(settings, filters, dry_run=dry_run)

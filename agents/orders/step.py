@@ -3,8 +3,12 @@
 | on | does | emits |
 |---|---|---|
 | PlaceOrder | create PENDING (idempotent on order id) | OrderCreated |
-| PaymentCompleted | confirm if still PENDING | OrderConfirmed |
+| PaymentCompleted | confirm if still PENDING, recording the amount charged | OrderConfirmed |
 | InventoryRejected, PaymentFailed, CancelOrder | cancel if not terminal | OrderCancelled |
+
+Orders does not price an order: inventory does, from its catalogue, and
+payments charges that amount. An order's amount is unknown until it is
+confirmed, and is then the amount PaymentCompleted says was captured.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from datetime import UTC, datetime
 import asyncpg
 
 from agents.messaging.errors import InvalidEvent
+from agents.orders.intake import InvalidOrder, PlaceOrderRequest, check_place_order
 from schemas.codec import new_envelope
-from schemas.oms_pb2 import Envelope, OrderCancelled, OrderConfirmed, OrderCreated, PlaceOrder
+from schemas.oms_pb2 import Envelope, OrderCancelled, OrderConfirmed, OrderCreated
 from stores import orders
 from stores.orders import CANCELLED, CONFIRMED, PENDING, Order
 
@@ -38,59 +43,52 @@ async def handle(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]
     return []
 
 
-def validate_place_order(body: PlaceOrder) -> None:
-    """Reject content no order can be made of (the message goes to dead letters)."""
-    if not body.lines:
-        raise InvalidEvent("lines: at least one line is required")
-    for i, line in enumerate(body.lines):
-        if not line.sku:
-            raise InvalidEvent(f"lines[{i}].sku: must not be empty")
-        if line.quantity <= 0:
-            raise InvalidEvent(f"lines[{i}].quantity: must be positive, got {line.quantity}")
-        if line.unit_price_cents < 0:
-            raise InvalidEvent(f"lines[{i}].unit_price_cents: must not be negative")
-    if not body.payment_token:
-        raise InvalidEvent("payment_token: must not be empty")
+def validate_place_order(envelope: Envelope) -> PlaceOrderRequest:
+    """The order a PlaceOrder asks for, within the bounds HTTP and the CLI apply too.
+
+    An order outside them is a dead letter whose reason names each field.
+    """
+    try:
+        return check_place_order(envelope.order_id, envelope.place_order)
+    except InvalidOrder as exc:
+        raise InvalidEvent(str(exc)) from exc
 
 
 async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Create the order once; a repeated PlaceOrder for the same id changes nothing."""
-    body = envelope.place_order
-    validate_place_order(body)
-    amount = sum(line.quantity * line.unit_price_cents for line in body.lines)
+    request = validate_place_order(envelope)
+    placed_at = _placed_at(envelope)
     order = Order(
         order_id=envelope.order_id,
-        customer_id=body.customer_id,
+        customer_id=request.customer_id,
         status=PENDING,
-        amount_cents=amount,
-        currency=body.currency or "EUR",
-        lines=[
-            {"sku": x.sku, "quantity": x.quantity, "unit_price_cents": x.unit_price_cents}
-            for x in body.lines
-        ],
-        payment_token=body.payment_token,
+        amount_cents=None,
+        currency=request.currency,
+        lines=[line.model_dump(exclude_none=True) for line in request.lines],
+        payment_token=request.payment_token,
         reason=None,
-        placed_at=_placed_at(envelope),
-        updated_at=_placed_at(envelope),
+        placed_at=placed_at,
+        updated_at=placed_at,
     )
     if not await orders.create(conn, order):
         return []
     created = OrderCreated(
-        customer_id=body.customer_id,
-        lines=body.lines,
-        amount_cents=amount,
-        currency=order.currency,
-        payment_token=body.payment_token,
+        customer_id=request.customer_id,
+        lines=envelope.place_order.lines,  # a client's price goes along, for inventory to check
+        currency=request.currency,
+        payment_token=request.payment_token,
     )
-    return [new_envelope(envelope.order_id, created, producer=SERVICE, cause=envelope)]
+    return [new_envelope(envelope.order_id, created, producer=SERVICE, cause=envelope,
+                         placed_at_ms=int(placed_at.timestamp() * 1000))]
 
 
 async def confirm(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Confirm a PENDING order; a late payment for a cancelled order is refunded by payments."""
-    order = await orders.transition(conn, envelope.order_id, CONFIRMED)
+    charged = envelope.payment_completed.amount_cents
+    order = await orders.transition(conn, envelope.order_id, CONFIRMED, amount_cents=charged)
     if order is None:
         return []
-    body = OrderConfirmed(amount_cents=order.amount_cents)
+    body = OrderConfirmed(amount_cents=charged)
     return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)]
 
 
@@ -98,7 +96,7 @@ async def cancel(conn: asyncpg.Connection, envelope: Envelope, reason: str) -> l
     """Cancel unless terminal; a cancel before the order exists leaves a CANCELLED tombstone."""
     order = await orders.transition(conn, envelope.order_id, CANCELLED, reason)
     if order is None:
-        tombstone = Order(envelope.order_id, "", CANCELLED, 0, "EUR", [], "", reason,
+        tombstone = Order(envelope.order_id, "", CANCELLED, None, "EUR", [], "", reason,
                           _placed_at(envelope), _placed_at(envelope))
         if envelope.type != "CancelOrder" or not await orders.create(conn, tombstone):
             return []
@@ -107,6 +105,12 @@ async def cancel(conn: asyncpg.Connection, envelope: Envelope, reason: str) -> l
 
 
 def _placed_at(envelope: Envelope) -> datetime:
+    """When the client placed the order; the intake time if its envelope does not say.
+
+    ``placed_at_ms`` and ``occurred_at_ms`` are optional (the README names
+    the fields a producer must set), and proto3 reads a missing one as 0:
+    the epoch, which no order was placed at.
+    """
     ms = envelope.placed_at_ms or envelope.occurred_at_ms
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms > 0 else datetime.now(UTC)
 

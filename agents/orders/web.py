@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from agents.http import authorized
 from agents.messaging import kafka
 from agents.messaging.consumer import ServiceConsumer
-from agents.orders.intake import PlaceOrderRequest
+from agents.orders.intake import PlaceOrderRequest, field_errors
 from agents.topology import ORDER_COMMANDS
 from config import Settings
 from schemas.codec import deterministic_id, new_envelope
@@ -21,13 +21,36 @@ from schemas.oms_pb2 import CancelOrder
 from stores import orders
 
 MAX_BODY_BYTES = 64 * 1024
+JSON = "application/json"
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
 
 
-def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic errors as ``{"field": "lines.0.quantity", "error": "..."}``."""
-    return [
-        {"field": ".".join(str(p) for p in e["loc"]), "error": e["msg"]} for e in exc.errors()
-    ]
+class BadBody(ValueError):
+    """A request body that is not one JSON object; ``str()`` says what it is instead."""
+
+    def __init__(self, problem: str, detail: str | None = None) -> None:
+        super().__init__(problem)
+        self.detail = detail
+
+
+def media_type(request: Request) -> str | None:
+    """The request's media type without parameters (``charset``), lower-case; None if unset."""
+    value = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+    return value or None
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object a request body holds, or BadBody naming the problem."""
+    if not raw.strip():
+        raise BadBody("body is empty")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # bytes json cannot decode
+        raise BadBody("body is not JSON", str(exc)) from exc
+    if not isinstance(data, dict):
+        raise BadBody(f"body must be a JSON object, not {_JSON_TYPES[type(data)]}")
+    return data
 
 
 def add_order_views(app: AppT, runtime: ServiceConsumer, settings: Settings) -> None:
@@ -38,15 +61,19 @@ def add_order_views(app: AppT, runtime: ServiceConsumer, settings: Settings) -> 
     @app.page("/orders/")
     class OrdersView(View):
         async def post(self, request: Request) -> Response:
+            content_type = media_type(request)
+            if content_type != JSON:
+                return self.json({"error": "unsupported media type", "expected": JSON,
+                                  "content_type": content_type}, status=415)
             raw = await request.read()
             if len(raw) > MAX_BODY_BYTES:
                 return self.json({"error": "body too large", "limit": MAX_BODY_BYTES}, status=413)
             try:
-                body = PlaceOrderRequest.model_validate(json.loads(raw or b"null"))
-            except json.JSONDecodeError as exc:
-                return self.json({"error": "body is not JSON", "detail": str(exc)}, status=400)
+                body = PlaceOrderRequest.model_validate(json_object(raw))
+            except BadBody as exc:
+                return self.json({"error": str(exc), "detail": exc.detail}, status=400)
             except ValidationError as exc:
-                return self.json({"error": "invalid order", "fields": validation_errors(exc)},
+                return self.json({"error": "invalid order", "fields": field_errors(exc)},
                                  status=422)
             envelope = body.to_envelope(producer="orders-http")
             # oms_orders_placed_total counts in the orders step, once the order is committed

@@ -42,11 +42,20 @@ def project_imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("service", ["orders", "inventory", "payments"])
 def test_a_business_step_imports_stores_schemas_and_messaging_errors_only(service: str) -> None:
-    own = (f"agents.{service}.psp",)  # payments' port to the PSP
+    own = (f"agents.{service}.psp",  # payments' port to the PSP
+           f"agents.{service}.intake")  # orders' one definition of a valid order
     allowed = ("stores", "schemas", "agents.messaging.errors")
     bad = {n for n in project_imports(ROOT / "agents" / service / "step.py")
            if not n.startswith(allowed) and not n.startswith(own)}
     assert not bad, f"agents/{service}/step.py imports {sorted(bad)}"
+
+
+def test_order_intake_needs_no_faust_and_no_web() -> None:
+    """The orders step validates with intake, so intake must be as plain as the step."""
+    path = ROOT / "agents/orders/intake.py"
+    bad = {n for n in project_imports(path) if not n.startswith("schemas")}
+    bad |= {n for n in imports(path) if n.split(".")[0] in ("aiohttp", "click")}
+    assert not bad, f"agents/orders/intake.py imports {sorted(bad)}"
 
 
 def test_the_saga_transition_is_pure() -> None:

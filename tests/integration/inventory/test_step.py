@@ -36,6 +36,60 @@ async def test_reserve_then_commit_moves_units_to_sold(seeded) -> None:
     assert await stock(pool, "SKU-0002") == (before[0] - 3, before[1], before[2] + 3)
 
 
+async def test_lines_are_priced_from_the_catalogue_and_the_price_recorded(seeded) -> None:
+    """Inventory prices an order that carries no prices: that amount is what gets charged."""
+    pool, oid = seeded["inventory"], new_order_id()
+    body = created((("SKU-0001", 2), ("SKU-0002", 1), ("SKU-0001", 1)))
+    for line in body.lines:
+        line.ClearField("unit_price_cents")
+    body.amount_cents = 0
+    result = await step(pool, inventory.handle, envelope(oid, body))
+    reserved = result.emitted[0].inventory_reserved
+    assert [(x.sku, x.quantity, x.unit_price_cents) for x in reserved.lines] == [
+        ("SKU-0001", 2, 500), ("SKU-0002", 1, 750), ("SKU-0001", 1, 500)]
+    assert reserved.amount_cents == 3 * 500 + 750
+    rows = await pool.fetch("SELECT sku, quantity, unit_price_cents FROM reservation_lines"
+                            " WHERE order_id = $1 ORDER BY sku", oid)
+    assert [tuple(r) for r in rows] == [("SKU-0001", 3, 500), ("SKU-0002", 1, 750)]
+
+
+async def test_a_client_price_that_matches_the_catalogue_is_accepted(seeded) -> None:
+    pool, oid = seeded["inventory"], new_order_id()
+    body = created((("SKU-0002", 2),))
+    body.amount_cents = 1  # not what anyone is charged
+    result = await step(pool, inventory.handle, envelope(oid, body))
+    assert [e.type for e in result.emitted] == ["InventoryReserved"]
+    assert result.emitted[0].inventory_reserved.amount_cents == 2 * 750
+
+
+@pytest.mark.parametrize("quoted", [0, 499, 501])
+async def test_a_client_price_other_than_the_catalogue_rejects_the_order(seeded, quoted) -> None:
+    """The customer is never charged other than what they saw, and never what they chose."""
+    pool, oid = seeded["inventory"], new_order_id()
+    before = await stock(pool, "SKU-0001")
+    body = created((("SKU-0002", 1), ("SKU-0001", 2)))
+    body.lines[1].unit_price_cents = quoted
+    result = await step(pool, inventory.handle, envelope(oid, body))
+    [rejected] = result.emitted
+    assert rejected.type == "InventoryRejected"
+    reason = f"price mismatch: SKU-0001 costs 500 cents, the order says {quoted}"
+    assert rejected.inventory_rejected.reason == reason
+    assert list(rejected.inventory_rejected.skus) == ["SKU-0001"]
+    assert await stock(pool, "SKU-0001") == before
+    row = await pool.fetchrow("SELECT status, reason FROM reservations WHERE order_id = $1", oid)
+    assert (row["status"], row["reason"]) == ("REJECTED", reason)
+
+
+async def test_missing_stock_is_the_reason_before_a_wrong_price(seeded) -> None:
+    """The order cannot be had at any price: say so, rather than ask for another price."""
+    pool, oid = seeded["inventory"], new_order_id()
+    body = created((("SKU-SOLDOUT", 1), ("SKU-0001", 1)))
+    body.lines[0].unit_price_cents = 1000
+    body.lines[1].unit_price_cents = 1
+    result = await step(pool, inventory.handle, envelope(oid, body))
+    assert result.emitted[0].inventory_rejected.reason == "out of stock: SKU-SOLDOUT"
+
+
 async def test_reservation_is_all_or_nothing(seeded) -> None:
     pool, oid = seeded["inventory"], new_order_id()
     before = await stock(pool, "SKU-0001")

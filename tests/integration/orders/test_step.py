@@ -27,8 +27,29 @@ async def test_place_order_creates_pending_and_emits_order_created(seeded) -> No
     pool, oid = seeded["orders"], new_order_id()
     result = await step(pool, orders.handle, envelope(oid, place(oid)))
     assert [e.type for e in result.emitted] == ["OrderCreated"]
-    assert result.emitted[0].order_created.amount_cents == 2 * 500
-    assert await pool.fetchval("SELECT status FROM orders WHERE order_id = $1", oid) == "PENDING"
+    assert result.emitted[0].order_created.lines[0].unit_price_cents == 500  # for inventory
+    row = await pool.fetchrow("SELECT status, amount_cents FROM orders WHERE order_id = $1", oid)
+    assert (row["status"], row["amount_cents"]) == ("PENDING", None)  # inventory prices it
+
+
+async def test_a_line_without_a_price_is_passed_on_without_one(seeded) -> None:
+    pool, oid = seeded["orders"], new_order_id()
+    body = place(oid)
+    body.lines[0].ClearField("unit_price_cents")
+    result = await step(pool, orders.handle, envelope(oid, body))
+    assert not result.emitted[0].order_created.lines[0].HasField("unit_price_cents")
+    lines = await pool.fetchval("SELECT lines FROM orders WHERE order_id = $1", oid)
+    assert lines == [{"sku": "SKU-0001", "quantity": 2}]
+
+
+async def test_confirming_records_the_amount_payments_captured(seeded) -> None:
+    """The order shows what was charged (the catalogue price), not what the client sent."""
+    pool, oid = seeded["orders"], new_order_id()
+    await step(pool, orders.handle, envelope(oid, place(oid)))
+    done = await step(pool, orders.handle,
+                      envelope(oid, PaymentCompleted(charge_id="ch", amount_cents=1234)))
+    assert done.emitted[0].order_confirmed.amount_cents == 1234
+    assert await pool.fetchval("SELECT amount_cents FROM orders WHERE order_id = $1", oid) == 1234
 
 
 async def test_duplicate_delivery_is_applied_once(seeded) -> None:
@@ -55,6 +76,79 @@ async def test_invalid_place_order_is_refused_with_the_field(seeded) -> None:
         await step(seeded["orders"], orders.handle, envelope(oid, bad))
     assert await seeded["orders"].fetchval(
         "SELECT count(*) FROM orders WHERE order_id = $1", oid) == 0
+
+
+def _too_many_lines(body: PlaceOrder) -> None:
+    body.lines.extend(lines(*[("SKU-0001", 1)] * 100))
+
+
+def _set_line(**fields: object):
+    def mutate(body: PlaceOrder) -> None:
+        for name, value in fields.items():
+            setattr(body.lines[0], name, value)
+    return mutate
+
+
+def _set(**fields: object):
+    def mutate(body: PlaceOrder) -> None:
+        for name, value in fields.items():
+            setattr(body, name, value)
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (_too_many_lines, "lines"),
+        (lambda body: body.ClearField("lines"), "lines"),
+        (_set_line(quantity=10_001), "lines[0].quantity"),
+        (_set_line(quantity=0), "lines[0].quantity"),
+        (_set_line(sku="x" * 65), "lines[0].sku"),
+        (_set_line(sku="bad sku!"), "lines[0].sku"),
+        (_set_line(sku=""), "lines[0].sku"),
+        (_set(payment_token="t" * 65), "payment_token"),
+        (_set(payment_token=""), "payment_token"),
+        (_set(customer_id="c" * 65), "customer_id"),
+        (_set(customer_id=""), "customer_id"),
+        (_set(currency="euro"), "currency"),
+    ],
+)
+async def test_a_place_order_over_kafka_is_held_to_the_http_bounds(seeded, mutate, field) -> None:
+    """One validator: what HTTP and the CLI refuse, the step refuses too, naming the field."""
+    oid = new_order_id()
+    body = place(oid)
+    mutate(body)
+    with pytest.raises(InvalidEvent) as refused:
+        await step(seeded["orders"], orders.handle, envelope(oid, body))
+    assert str(refused.value).startswith(f"{field}: ") or f"; {field}: " in str(refused.value)
+    assert body.payment_token not in str(refused.value) or not body.payment_token
+    assert await seeded["orders"].fetchval(
+        "SELECT count(*) FROM orders WHERE order_id = $1", oid) == 0
+
+
+async def test_a_place_order_without_currency_gets_the_default(seeded) -> None:
+    pool, oid = seeded["orders"], new_order_id()
+    body = place(oid)
+    body.ClearField("currency")
+    result = await step(pool, orders.handle, envelope(oid, body))
+    assert result.emitted[0].order_created.currency == "EUR"
+    assert await pool.fetchval("SELECT currency FROM orders WHERE order_id = $1", oid) == "EUR"
+
+
+async def test_an_envelope_with_only_the_required_fields_is_placed_now(seeded) -> None:
+    """No placed_at_ms or occurred_at_ms (other languages' producers): the intake time."""
+    from datetime import UTC, datetime, timedelta
+
+    from schemas.oms_pb2 import Envelope
+
+    pool, oid = seeded["orders"], new_order_id()
+    bare = Envelope(event_id=new_order_id(), order_id=oid, type="PlaceOrder",
+                    place_order=place(oid))
+    before = datetime.now(UTC)
+    result = await step(pool, orders.handle, bare)
+    placed = await pool.fetchval("SELECT placed_at FROM orders WHERE order_id = $1", oid)
+    assert before - timedelta(seconds=1) <= placed <= datetime.now(UTC)
+    assert result.emitted[0].placed_at_ms == int(placed.timestamp() * 1000)
 
 
 async def test_payment_completed_confirms_once_and_late_failures_are_ignored(seeded) -> None:

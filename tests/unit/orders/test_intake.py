@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agents.orders.intake import PlaceOrderRequest
-from agents.orders.web import validation_errors
+from agents.orders.intake import PlaceOrderRequest, field_errors
 
 GOOD = {"customer_id": "c1", "payment_token": "tok_visa",
         "lines": [{"sku": "SKU-0001", "quantity": 2, "unit_price_cents": 500}]}
@@ -19,6 +18,16 @@ def test_a_good_request_becomes_a_place_order_keyed_by_its_id() -> None:
     assert envelope.place_order.lines[0].quantity == 2
 
 
+def test_a_line_needs_no_price_and_a_given_one_goes_along() -> None:
+    """Inventory prices the order; a client's price is only checked against the catalogue."""
+    request = PlaceOrderRequest.model_validate(
+        {**GOOD, "lines": [{"sku": "SKU-0001", "quantity": 1},
+                           {"sku": "SKU-0002", "quantity": 1, "unit_price_cents": 0}]})
+    unpriced, free = request.to_envelope().place_order.lines
+    assert not unpriced.HasField("unit_price_cents")
+    assert free.HasField("unit_price_cents") and free.unit_price_cents == 0
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [
@@ -28,10 +37,12 @@ def test_a_good_request_becomes_a_place_order_keyed_by_its_id() -> None:
         ({"payment_token": ""}, "payment_token"),
         ({"order_id": "not-a-uuid"}, "order_id"),
         ({"currency": "euro"}, "currency"),
+        ({"lines": [{"sku": "SKU-1", "quantity": 1, "unit_price_cents": -1}]},
+         "lines.0.unit_price_cents"),
         ({"surprise": 1}, "surprise"),
     ],
 )
 def test_invalid_requests_name_the_field(patch: dict, field: str) -> None:
     with pytest.raises(ValidationError) as err:
         PlaceOrderRequest.model_validate({**GOOD, **patch})
-    assert field in [e["field"] for e in validation_errors(err.value)]
+    assert field in [e["field"] for e in field_errors(err.value)]
