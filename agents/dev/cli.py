@@ -7,6 +7,7 @@ Thin click wrappers over :mod:`agents.dev.stack`, :mod:`agents.dev.demo` and
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from typing import Any
 
@@ -26,6 +27,7 @@ def up_command(workers: int) -> None:
 async def _up(settings: Settings, workers: int) -> int:
     from agents.dev.stack import start_stack
 
+    _log_to_stderr()
     stack = await start_stack(settings, workers_per_service=workers)
     stack.supervisor.install_signal_handlers()
     click.echo(f"broker   {stack.settings.kafka_bootstrap}")
@@ -33,12 +35,18 @@ async def _up(settings: Settings, workers: int) -> int:
     for names in stack.workers.values():
         for name in names:
             click.echo(f"{name:<16} {stack.web_url(name)}  (pid {stack.supervisor.pids()[name]})")
-    click.echo("ready; Ctrl-C stops everything")
-    died = await stack.supervisor.wait()
-    if died:
-        click.echo(f"worker {died} exited; stopping everything", err=True)
+    click.echo("ready; a worker that dies is restarted; Ctrl-C stops everything")
+    failed = await stack.supervisor.wait()
+    if failed:
+        click.echo(f"{stack.supervisor.failure}; stopping everything", err=True)
     await stack.stop()
-    return 1 if died else 0
+    return 1 if failed else 0
+
+
+def _log_to_stderr() -> None:
+    """Show the supervisor's restarts and failures (``agents.dev`` at INFO, the rest at WARNING)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("agents.dev").setLevel(logging.INFO)
 
 
 @click.command("demo")

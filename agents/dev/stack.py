@@ -19,11 +19,12 @@ from pydantic import SecretStr
 
 from agents.dev.catalogue import catalogue
 from agents.dev.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
-from agents.dev.supervisor import ChildSpec, Supervisor
+from agents.dev.supervisor import ChildSpec, RestartPolicy, Supervisor
 from agents.ops.provision import drop_databases, init_system
 from config import SERVICES, Settings
 
 WORKER_PORT_STRIDE = 10  # worker k of a service listens on base + 10k + index
+WORKER_RESTARTS = RestartPolicy()  # a dead worker is started again; a crash loop stops all
 
 
 @dataclass
@@ -39,6 +40,14 @@ class Stack:
     def all_running(self) -> bool:
         """True while every worker process is alive."""
         return all(self.supervisor.running(n) for names in self.workers.values() for n in names)
+
+    def healthy(self) -> bool:
+        """False once a worker has failed for good (a crash loop).
+
+        A worker that died and is being restarted still counts as healthy:
+        its work resumes from its committed offsets when it is back.
+        """
+        return self.supervisor.failed is None
 
     def worker_settings(self, child: str) -> Settings:
         """Settings of one worker (its web port differs from its siblings')."""
@@ -99,8 +108,8 @@ async def start_stack(
             name = f"{service}-{k}"
             stack.workers.setdefault(service, []).append(name)
             env = settings_env(stack.worker_settings(name))
-            specs.append(ChildSpec(name, [sys.executable, "-m", "agents.cli", "worker", service],
-                                   env))
+            argv = [sys.executable, "-m", "agents.cli", "worker", service]
+            specs.append(ChildSpec(name, argv, env, restart=WORKER_RESTARTS))
     await stack.supervisor.start(specs)
     try:
         await wait_ready(stack, ready_timeout_s)

@@ -1,8 +1,8 @@
 """``oms up`` as a user runs it: a real process on the embedded default, killed for real.
 
 Each ``oms up`` here starts its own Tansu broker, embedded PostgreSQL and four
-workers in a data directory of its own. Every wait is a condition polled until
-a deadline.
+workers in a data directory of its own (outside ``tmp_path``: see
+``pg_safe_dir``). Every wait is a condition polled until a deadline.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pytest
 
 from tests.conftest import free_port_block
 from tests.helpers import eventually
+from tests.integration.dev.conftest import pg_safe_dir
 
 pytestmark = pytest.mark.integration
 
@@ -130,12 +133,47 @@ async def ready_pid(http: aiohttp.ClientSession, url: str) -> tuple[int, int | N
         return 0, None
 
 
+# ------------------------------------------------------------------ one oms up for several tests
+
+
+@pytest.fixture(scope="module")
+async def up() -> AsyncIterator[Up]:
+    with pg_safe_dir("up") as tmp:
+        running = await start_up(tmp)
+        try:
+            yield running
+        finally:
+            await stop_up(running)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        yield session
+
+
+async def test_a_killed_worker_is_restarted(up: Up, http: aiohttp.ClientSession) -> None:
+    """``kill -9`` of a worker restarts it; ``oms up`` and the other workers run on."""
+    others = {name: pid for name, pid in up.pids.items() if name != "inventory-0"}
+    old = up.pids["inventory-0"]
+    os.kill(old, signal.SIGKILL)
+
+    status, pid = await eventually(lambda: ready_pid(http, up.urls["inventory-0"]),
+                                   lambda r: r[0] == 200 and r[1] not in (None, old), 90.0,
+                                   "inventory-0 ready again under a new pid")
+    up.pids["inventory-0"] = pid  # type: ignore[assignment]
+    assert up.proc.returncode is None, f"oms up exited:\n{up.stderr()}"
+    for name, pid in others.items():
+        assert await ready_pid(http, up.urls[name]) == (200, pid), f"{name} was disturbed"
+    assert re.search(r"inventory-0 \(pid \d+\) exited with code -9.*restart", up.stderr())
+
+
 # ------------------------------------------------------------------ an oms up of its own
 
 
-async def test_kill_9_of_up_leaves_nothing_behind(tmp_path: Path) -> None:
+async def test_kill_9_of_up_leaves_nothing_behind(pg_dir: Path) -> None:
     """Broker, workers, the postmaster and its backends all die with a ``kill -9``ed ``oms up``."""
-    up = await start_up(tmp_path)
+    up = await start_up(pg_dir)
     try:
         procs = process_tree(up)
         names = {proc.name() for proc in procs}
