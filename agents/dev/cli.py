@@ -9,19 +9,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 
+from agents.dev.lock import DataDirInUse
 from agents.ops.cli import echo_json
 from config import Settings, get_settings
+
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, with a data directory in use reported as a one-line error (exit 1)."""
+    try:
+        return asyncio.run(main)
+    except DataDirInUse as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command("up")
 @click.option("--workers", default=1, show_default=True, help="workers per service")
 def up_command(workers: int) -> None:
     """Start the whole system (embedded broker and PostgreSQL unless configured)."""
-    sys.exit(asyncio.run(_up(get_settings(), workers)))
+    sys.exit(_run(_up(get_settings(), workers)))
 
 
 async def _up(settings: Settings, workers: int) -> int:
@@ -55,7 +67,7 @@ def _log_to_stderr() -> None:
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for sagas")
 def demo_command(count: int, workers: int, timeout: float) -> None:
     """Start the system, run COUNT orders through it, audit, print one JSON line."""
-    result = asyncio.run(_demo(get_settings(), count, workers, wait_s=timeout))
+    result = _run(_demo(get_settings(), count, workers, wait_s=timeout))
     echo_json(result)
     sys.exit(0 if result["pending"] == 0 and result["invariants"] == "ok" else 1)
 
@@ -96,6 +108,6 @@ def bench_command(count: int | None, rate: float | None, duration: float | None,
         settings = settings.model_copy(update={"partitions": partitions})
     cfg = BenchConfig(orders=count, rate=rate, duration_s=duration, workers=workers,
                       mix=mix, window=window, audit=not no_audit)  # type: ignore[arg-type]
-    result = asyncio.run(bench_with_stack(settings, cfg, external=external))
+    result = _run(bench_with_stack(settings, cfg, external=external))
     echo_json(result)
     sys.exit(0 if result["unfinished"] == 0 and result["audit"] != "violated" else 1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import psutil
 import pytest
 
@@ -166,6 +167,50 @@ async def test_a_killed_worker_is_restarted(up: Up, http: aiohttp.ClientSession)
     for name, pid in others.items():
         assert await ready_pid(http, up.urls[name]) == (200, pid), f"{name} was disturbed"
     assert re.search(r"inventory-0 \(pid \d+\) exited with code -9.*restart", up.stderr())
+
+
+async def database_oids(up: Up) -> dict[str, int]:
+    """The oid of every service database: a dropped and re-created database gets a new one."""
+    url = f"postgresql://postgres@/postgres?host={up.data_dir / 'pg'}&port=5432"
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT datname, oid FROM pg_database WHERE datname LIKE 'oms_%'")
+    finally:
+        await conn.close()
+    return {r["datname"]: int(r["oid"]) for r in rows}
+
+
+@pytest.mark.parametrize("command", [["up"], ["demo", "--orders", "1"], ["bench", "--orders", "1"]])
+async def test_a_second_run_in_the_same_data_dir_refuses(
+    up: Up, http: aiohttp.ClientSession, command: list[str], tmp_path: Path
+) -> None:
+    """It says which directory and which pid, and the running system is left alone."""
+    before = await database_oids(up)
+    assert len(before) == 3
+    second = await oms(up.env, tmp_path, *command, stderr=tmp_path / "second.err")
+    try:
+        async with asyncio.timeout(60):
+            code = await second.wait()
+    except TimeoutError:
+        code = None
+    finally:
+        for proc in alive([*_descendants(second.pid), *([] if second.returncode is not None
+                                                        else [psutil.Process(second.pid)])]):
+            proc.kill()
+    err = (tmp_path / "second.err").read_text()
+    assert code not in (None, 0), f"oms {command[0]} did not refuse:\n{err[-2000:]}"
+    assert f"{up.data_dir} is in use by another oms up/demo/bench (pid {up.proc.pid})" in err
+    assert "Traceback" not in err
+    assert await database_oids(up) == before, "the running system's databases were re-created"
+    for name, pid in up.pids.items():
+        assert await ready_pid(http, up.urls[name]) == (200, pid), f"{name} was disturbed"
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 # ------------------------------------------------------------------ an oms up of its own
