@@ -47,6 +47,8 @@ async def _up(settings: Settings, workers: int) -> int:
     for names in stack.workers.values():
         for name in names:
             click.echo(f"{name:<16} {stack.web_url(name)}  (pid {stack.supervisor.pids()[name]})")
+    for tracker in stack.workers.get("orchestrator", [])[:1]:
+        click.echo(f"console  {stack.web_url(tracker)}/dashboard/")
     click.echo("ready; a worker that dies is restarted; Ctrl-C stops everything")
     failed = await stack.supervisor.wait()
     if failed:

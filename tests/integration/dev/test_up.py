@@ -40,6 +40,7 @@ class Up:
     env: dict[str, str]
     stderr_path: Path
     stdout: list[str] = field(default_factory=list)
+    stderr_at_ready: str = ""
     urls: dict[str, str] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
 
@@ -80,6 +81,7 @@ async def start_up(tmp: Path) -> Up:
                 up.urls[found[1]] = found[2]
                 up.pids[found[1]] = int(found[3])
             if line.startswith("ready"):
+                up.stderr_at_ready = up.stderr()
                 return up
 
 
@@ -151,6 +153,14 @@ async def up() -> AsyncIterator[Up]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         yield session
+
+
+async def test_up_prints_the_console_and_no_warning(up: Up, http: aiohttp.ClientSession) -> None:
+    consoles = [line.split()[1] for line in up.stdout if line.startswith("console ")]
+    assert consoles == [f"{up.urls['orchestrator-0']}/dashboard/"], "".join(up.stdout)
+    async with http.get(consoles[0]) as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+    assert "warning" not in up.stderr_at_ready.lower(), up.stderr_at_ready
 
 
 async def test_a_killed_worker_is_restarted(up: Up, http: aiohttp.ClientSession) -> None:
