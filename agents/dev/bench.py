@@ -426,8 +426,12 @@ async def report_progress(tracker: OrderWatch, every_s: float, emit: Progress) -
         last_finished, last_t = finished, now
 
 
-async def drive_load(settings: Settings, cfg: BenchConfig, emit: Progress) -> OrderWatch:
-    """Place the orders and wait until each is terminal or nothing finishes for a while."""
+async def drive_load(settings: Settings, cfg: BenchConfig, emit: Progress,
+                     healthy: Callable[[], bool] = lambda: True) -> OrderWatch:
+    """Place the orders and wait until each is terminal or nothing finishes for a while.
+
+    ``healthy`` false (a worker crash-looping) ends the wait at once.
+    """
     window = asyncio.Semaphore(cfg.window) if cfg.rate is None else None
     tracker = OrderWatch(total=cfg.total_orders(), window=window)
     consumer = await open_terminal_consumer(settings)
@@ -437,7 +441,7 @@ async def drive_load(settings: Settings, cfg: BenchConfig, emit: Progress) -> Or
              asyncio.create_task(report_progress(tracker, cfg.progress_every_s, emit))]
     placer = asyncio.create_task(place_orders(producer, settings, cfg, tracker))
     try:
-        await _wait_done(tracker, placer, cfg.stall_timeout_s, emit)
+        await _wait_done(tracker, placer, cfg.stall_timeout_s, emit, healthy)
     finally:
         for task in [*tasks, placer]:
             task.cancel()
@@ -450,11 +454,15 @@ async def drive_load(settings: Settings, cfg: BenchConfig, emit: Progress) -> Or
 
 
 async def _wait_done(tracker: OrderWatch, placer: asyncio.Task[None], stall_s: float,
-                     emit: Progress) -> None:
-    """Return when every order finished, or after ``stall_s`` without a single finish."""
+                     emit: Progress, healthy: Callable[[], bool]) -> None:
+    """Return when every order finished, after ``stall_s`` without a single finish,
+    or as soon as the system is no longer ``healthy``."""
     last_count, last_change = -1, time.monotonic()
     while not tracker.done.is_set():
         if placer.done() and placer.exception() is not None:
+            return
+        if not healthy():
+            emit("a worker failed for good; giving up")
             return
         if tracker.finished != last_count:
             last_count, last_change = tracker.finished, time.monotonic()
@@ -506,7 +514,8 @@ async def run_bench(settings: Settings, cfg: BenchConfig, stack: Stack | None = 
     mode = f"{cfg.rate:g} orders/s" if cfg.rate else f"max throughput (window {cfg.window})"
     emit(f"placing {cfg.total_orders()} orders at {mode} ...")
     try:
-        tracker = await drive_load(settings, cfg, emit)
+        tracker = await drive_load(settings, cfg, emit,
+                                   stack.healthy if stack is not None else lambda: True)
     finally:
         await sampler.stop()
     result = {**load_summary(tracker, cfg), "workers": cfg.workers,

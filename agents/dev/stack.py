@@ -19,11 +19,13 @@ from pydantic import SecretStr
 
 from agents.dev.catalogue import catalogue
 from agents.dev.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
-from agents.dev.supervisor import ChildSpec, Supervisor
+from agents.dev.lock import DataDirLock
+from agents.dev.supervisor import ChildSpec, RestartPolicy, Supervisor
 from agents.ops.provision import drop_databases, init_system
 from config import SERVICES, Settings
 
 WORKER_PORT_STRIDE = 10  # worker k of a service listens on base + 10k + index
+WORKER_RESTARTS = RestartPolicy()  # a dead worker is started again; a crash loop stops all
 
 
 @dataclass
@@ -35,10 +37,19 @@ class Stack:
     workers: dict[str, list[str]] = field(default_factory=dict)  # service -> child names
     broker: EmbeddedBroker | None = None
     postgres: EmbeddedPostgres | None = None
+    lock: DataDirLock | None = None
 
     def all_running(self) -> bool:
         """True while every worker process is alive."""
         return all(self.supervisor.running(n) for names in self.workers.values() for n in names)
+
+    def healthy(self) -> bool:
+        """False once a worker has failed for good (a crash loop).
+
+        A worker that died and is being restarted still counts as healthy:
+        its work resumes from its committed offsets when it is back.
+        """
+        return self.supervisor.failed is None
 
     def worker_settings(self, child: str) -> Settings:
         """Settings of one worker (its web port differs from its siblings')."""
@@ -54,12 +65,14 @@ class Stack:
         return f"http://{self.settings.web_host}:{port}"
 
     async def stop(self) -> None:
-        """Stop workers, then the embedded servers."""
+        """Stop workers, then the embedded servers, then let go of the data directory."""
         await self.supervisor.stop()
         if self.broker is not None:
             self.broker.stop()
         if self.postgres is not None:
             self.postgres.stop()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -82,27 +95,24 @@ async def start_stack(
 ) -> Stack:
     """Start everything and return once every worker reports ready.
 
+    First it locks the data directory (DataDirInUse if another system runs
+    there), so it never touches a running system's servers or databases.
     ``fresh`` drops the service databases first. By default it does so only
     when both broker and PostgreSQL are embedded (an in-memory broker starts
     empty, so old database state would no longer match it); databases on a
-    configured server are never dropped unless asked for.
+    configured server are never dropped unless asked for. On any failure
+    everything started so far is stopped again.
     """
-    settings, broker, postgres = _start_embedded(settings)
-    data_dir = Path(settings.data_dir)
-    if fresh if fresh is not None else broker is not None and postgres is not None:
-        await drop_databases(settings)
-    await init_system(settings, catalogue())
-    stack = Stack(settings, Supervisor(data_dir / "logs"), broker=broker, postgres=postgres)
-    specs = []
-    for service in services:
-        for k in range(workers_per_service):
-            name = f"{service}-{k}"
-            stack.workers.setdefault(service, []).append(name)
-            env = settings_env(stack.worker_settings(name))
-            specs.append(ChildSpec(name, [sys.executable, "-m", "agents.cli", "worker", service],
-                                   env))
-    await stack.supervisor.start(specs)
+    lock = DataDirLock.acquire(Path(settings.data_dir))
+    settings = settings.model_copy(update={"data_dir": str(lock.data_dir)})
+    stack = Stack(settings, Supervisor(lock.data_dir / "logs"), lock=lock)
     try:
+        _start_embedded(stack)
+        embedded = stack.broker is not None and stack.postgres is not None
+        if fresh if fresh is not None else embedded:
+            await drop_databases(stack.settings)
+        await init_system(stack.settings, catalogue())
+        await stack.supervisor.start(_worker_specs(stack, services, workers_per_service))
         await wait_ready(stack, ready_timeout_s)
     except BaseException:
         await stack.stop()
@@ -110,25 +120,34 @@ async def start_stack(
     return stack
 
 
-def _start_embedded(
-    settings: Settings,
-) -> tuple[Settings, EmbeddedBroker | None, EmbeddedPostgres | None]:
+def _worker_specs(stack: Stack, services: tuple[str, ...], per_service: int) -> list[ChildSpec]:
+    """One restartable child per worker, named ``service-k``, recorded in ``stack.workers``."""
+    specs = []
+    for service in services:
+        for k in range(per_service):
+            name = f"{service}-{k}"
+            stack.workers.setdefault(service, []).append(name)
+            env = settings_env(stack.worker_settings(name))
+            argv = [sys.executable, "-m", "agents.cli", "worker", service]
+            specs.append(ChildSpec(name, argv, env, restart=WORKER_RESTARTS))
+    return specs
+
+
+def _start_embedded(stack: Stack) -> None:
     """Start the embedded broker and PostgreSQL for whatever is not configured.
 
-    Synchronous on purpose: both take well under a second, and the broker must
-    be spawned from this thread so it dies with this process (PDEATHSIG).
+    Synchronous on purpose: both take well under a second, and they must be
+    spawned from this thread so they die with this process (PDEATHSIG).
     """
-    data_dir = Path(settings.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    settings = settings.model_copy(update={"data_dir": str(data_dir)})
-    broker = postgres = None
-    if not settings.kafka_bootstrap:
-        broker = start_broker(data_dir)
-        settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-    if not settings.database_url:
-        postgres = start_postgres(data_dir)
-        settings = settings.model_copy(update={"database_url": SecretStr(postgres.url)})
-    return settings, broker, postgres
+    data_dir = Path(stack.settings.data_dir)
+    if not stack.settings.kafka_bootstrap:
+        stack.broker = start_broker(data_dir)
+        stack.settings = stack.settings.model_copy(
+            update={"kafka_bootstrap": stack.broker.bootstrap})
+    if not stack.settings.database_url:
+        stack.postgres = start_postgres(data_dir)
+        stack.settings = stack.settings.model_copy(
+            update={"database_url": SecretStr(stack.postgres.url)})
 
 
 async def wait_ready(stack: Stack, timeout_s: float) -> None:
@@ -140,7 +159,8 @@ async def wait_ready(stack: Stack, timeout_s: float) -> None:
         while pending:
             for name in list(pending):
                 if not stack.supervisor.running(name):
-                    raise RuntimeError(f"worker {name} exited during start; see its log")
+                    raise RuntimeError(f"worker {name} exited during start; see its log "
+                                       f"{stack.supervisor.log_path(name)}")
                 try:
                     async with http.get(stack.web_url(name) + "/ready/") as resp:
                         last[name] = await resp.text()

