@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     outbox_retention_s: float = Field(
         default=3600.0, gt=0, description="published outbox rows are kept this long (audit)"
     )
+    step_stuck_after_s: float = Field(
+        default=5.0, gt=0,
+        description="a batch failing (and being retried) this long makes /ready/ answer 503",
+    )
     pool_min_size: int = Field(default=2, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
 

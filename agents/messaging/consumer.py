@@ -2,9 +2,10 @@
 
 Decode, apply the step with retries, dead-letter what cannot be applied, time
 and count it. Faust acknowledges a message even when the agent raises, so no
-exception may escape :meth:`ServiceConsumer.process_batch`: transient failures
-are retried before the offset can move, permanent ones go to the dead-letter
-topic.
+exception may escape :meth:`ServiceConsumer.process_batch`: input that is itself
+bad (:data:`~agents.messaging.errors.BAD_INPUT_ERRORS`) goes to the dead-letter
+topic, and every other failure is retried with backoff before the offset can
+move, counted in ``oms_step_retries_total`` and shown by ``/ready/``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from faust.types import AppT
 from faust.types.tuples import Message
 
 from agents.messaging.dead_letters import DeadLetters
-from agents.messaging.errors import TRANSIENT_ERRORS, InvalidEvent
+from agents.messaging.errors import BAD_INPUT_ERRORS, TRANSIENT_ERRORS, InvalidEvent
 from agents.messaging.relay import OutboxRelay
 from agents.messaging.retry import Backoff
 from agents.messaging.unit_of_work import Handler, StepResult, apply_steps
@@ -60,6 +61,7 @@ class ServiceConsumer:
         self._step_conn: asyncpg.Connection | None = None
         self._handler: Handler | None = None
         self._started = asyncio.Lock()
+        self._retrying_since: float | None = None  # a batch is failing and being retried
         self.relay = OutboxRelay(
             settings.dsn(service),
             service,
@@ -90,7 +92,7 @@ class ServiceConsumer:
                         max_size=self.settings.pool_max_size,
                     )
                     break
-                except TRANSIENT_ERRORS as exc:
+                except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
                     log.warning("%s: database not reachable (%s), retrying", self.service, exc)
                     await backoff.wait()
             self._handler = self._handler_factory(self._pool)
@@ -129,7 +131,7 @@ class ServiceConsumer:
         """
         try:
             results = await self._apply_with_retry(work)
-        except Exception as exc:  # noqa: BLE001 - isolated below, then dead-lettered
+        except BAD_INPUT_ERRORS as exc:  # isolated below, then dead-lettered
             if len(work) > 1:
                 log.info("%s: batch of %d failed (%s); applying its events one by one",
                          self.service, len(work), type(exc).__name__)
@@ -145,24 +147,43 @@ class ServiceConsumer:
                 self._on_committed(step.emitted)
 
     async def _apply_with_retry(self, work: list[tuple[Envelope, Message]]) -> list[StepResult]:
-        """Retry transient failures (database restarts, killed backends) with backoff."""
+        """Apply ``work``, retrying every failure but bad input, with backoff, until it commits.
+
+        A failure that is not the input's fault (the database down, read-only
+        after a failover, out of disk; or a bug) must not turn valid events into
+        dead letters; it is retried, counted and logged, and after
+        ``step_stuck_after_s`` ``/ready/`` reports the consumer as stuck.
+        """
         assert self._handler is not None
         messages = {envelope.event_id: message for envelope, message in work}
         backoff = Backoff(0.05)
         while True:
             try:
                 conn = await self._step_connection()
-                return await apply_steps(
+                results = await apply_steps(
                     conn, [envelope for envelope, _ in work], self._handler,
                     self.out_topic, lambda envelope: self._handling(envelope, messages),
                     notify=not self.relay.is_leader,  # else handed over in-process
                 )
-            except TRANSIENT_ERRORS as exc:
-                await self._drop_step_connection()
-                metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
-                log.warning("%s: %s on a batch of %d, retrying in %.2fs", self.service,
-                            type(exc).__name__, len(work), backoff.delay)
-                await backoff.wait()
+            except BAD_INPUT_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - not the input's fault: counted, retried
+                await self._retry_later(exc, len(work), backoff)
+                continue
+            self._retrying_since = None
+            return results
+
+    async def _retry_later(self, exc: Exception, size: int, backoff: Backoff) -> None:
+        """Count and log a failed attempt, drop its connection, and wait before the next."""
+        await self._drop_step_connection()
+        metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
+        first = self._retrying_since is None
+        if first:
+            self._retrying_since = time.monotonic()
+        log.warning("%s: %s on a batch of %d, retrying in %.2fs: %s", self.service,
+                    type(exc).__name__, size, backoff.delay, exc,
+                    exc_info=exc if first and not isinstance(exc, TRANSIENT_ERRORS) else None)
+        await backoff.wait()
 
     async def _step_connection(self) -> asyncpg.Connection:
         """The pooled connection the steps keep between batches.
@@ -180,14 +201,21 @@ class ServiceConsumer:
         return self._step_conn
 
     async def _drop_step_connection(self) -> None:
-        """Give the connection back after a failure; the pool's reset drops a broken one."""
+        """End the kept connection after a failure, and renew the pool's others.
+
+        The connection is closed rather than reset: it may hang (half-open) or
+        carry a session the server no longer allows (read-only defaults after a
+        failover). Renewing the pool makes every connection reconnect once.
+        """
         conn, self._step_conn = self._step_conn, None
         if conn is None:
             return
         try:
+            conn.terminate()
             await self.pool.release(conn)
-        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:  # release terminated it
+        except asyncpg.InterfaceError as exc:  # the pool took it back when its backend died
             log.info("%s: dropped a broken step connection (%s)", self.service, exc)
+        await self.pool.expire_connections()
 
     @contextmanager
     def _handling(
@@ -209,8 +237,7 @@ class ServiceConsumer:
         if isinstance(exc, InvalidEvent):
             reason = f"invalid {envelope.type}: {exc}"
         else:
-            log.error("%s: handler failed on %s", self.service, envelope.type, exc_info=exc)
-            reason = f"handler error: {type(exc).__name__}: {exc}"
+            reason = f"rejected by the database: {envelope.type}: {type(exc).__name__}: {exc}"
         await self.dead_letter(message, reason)
         self._count(envelope.type, "dead_letter")
 
@@ -240,7 +267,13 @@ class ServiceConsumer:
         return {
             "database_pool": self._pool is not None,
             "outbox_relay_connected": self.relay.connected,
+            "step_not_stuck": not self.stuck(),
         }
+
+    def stuck(self) -> bool:
+        """True while one batch has been failing for longer than ``step_stuck_after_s``."""
+        since = self._retrying_since
+        return since is not None and time.monotonic() - since >= self.settings.step_stuck_after_s
 
     async def outbox_backlog(self) -> int:
         """Unpublished outbox rows (also exported as a gauge)."""
