@@ -28,7 +28,7 @@ from agents.messaging.unit_of_work import Handler, StepResult, apply_steps
 from agents.observability import metrics, tracing
 from agents.topology import DEAD_LETTERS
 from config import Settings
-from schemas.codec import DecodeError, decode
+from schemas.codec import DecodeError, check_key, decode
 from schemas.oms_pb2 import Envelope
 from stores import messaging
 from stores.db import create_pool
@@ -100,7 +100,8 @@ class ServiceConsumer:
     async def process_batch(self, messages: list[Message]) -> None:
         """Apply a batch of Kafka messages in one transaction (one commit, one fsync).
 
-        Undecodable messages are dead-lettered first; events this service does
+        Undecodable messages, and those of the events it handles whose key is
+        not their order id, are dead-lettered first; events this service does
         not handle are skipped. Each event is still claimed in the inbox on its
         own, so duplicates inside or across batches are no-ops.
         """
@@ -110,8 +111,10 @@ class ServiceConsumer:
         for message in messages:
             try:
                 envelope = decode(message.value)
+                if envelope.type in self.handled:
+                    check_key(message.key, envelope)
             except DecodeError as exc:
-                await self.dead_letter(message, f"undecodable: {exc}")
+                await self.dead_letter(message, exc.reason)
                 self._count("unknown", "dead_letter")
                 continue
             if envelope.type not in self.handled:

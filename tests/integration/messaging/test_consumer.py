@@ -24,7 +24,7 @@ from agents.messaging.consumer import ServiceConsumer
 from agents.orders import step as orders
 from agents.topology import ORDER_EVENTS, ORDERS
 from config import Settings
-from schemas.codec import encode
+from schemas.codec import DecodeError, decode, encode
 from schemas.oms_pb2 import PlaceOrder
 from stores.db import prepare_database
 from tests.conftest import drop_test_databases, make_settings, new_order_id
@@ -42,8 +42,14 @@ class RecordingDeadLetters:
         self.parked.append((message.value, reason))
 
 
-def kafka_message(value: bytes, offset: int) -> Message:
-    return Message("oms.order-commands", 0, offset, time.time(), 0, [], b"k", value, None)
+def kafka_message(value: bytes, offset: int, key: bytes | None = None) -> Message:
+    """A record as Faust hands it over; keyed by its order id unless ``key`` is given."""
+    if key is None:
+        try:
+            key = decode(value).order_id.encode()
+        except DecodeError:
+            key = b"k"
+    return Message("oms.order-commands", 0, offset, time.time(), 0, [], key, value, None)
 
 
 def place(order_id: str, quantity: int = 1) -> bytes:
@@ -109,6 +115,34 @@ async def test_a_batch_after_the_kept_connection_was_killed_commits(
     assert await outbox_types(pools["orders"], oid) == ["OrderCreated"]
     assert runtime._step_conn is not None and runtime._step_conn is not kept
     assert runtime.dead_letters.parked == []  # type: ignore[attr-defined]
+
+
+async def test_ids_in_upper_case_are_applied_under_their_canonical_form(
+    runtime: ServiceConsumer, pools: dict[str, asyncpg.Pool]
+) -> None:
+    """An upper-case order and event id is one order, not a duplicate nor a drop."""
+    oid = new_order_id()
+    env = envelope(oid, PlaceOrder(customer_id="c", payment_token="tok_visa",
+                                   lines=lines(("SKU-0001", 1))))
+    env.order_id, env.event_id = oid.upper(), env.event_id.upper()
+    await runtime.process_batch([kafka_message(encode(env), 0, key=oid.encode())])
+    assert runtime.dead_letters.parked == []  # type: ignore[attr-defined]
+    assert await outbox_types(pools["orders"], oid) == ["OrderCreated"]
+    [staged] = await pools["orders"].fetch("SELECT value FROM outbox WHERE key = $1",
+                                           oid.encode())
+    assert decode(staged["value"]).order_id == oid
+
+
+async def test_a_record_whose_key_is_not_its_canonical_order_id_is_dead_lettered(
+    runtime: ServiceConsumer, pools: dict[str, asyncpg.Pool]
+) -> None:
+    """Its key chose another partition than the order's other events: refused, with why."""
+    oid = new_order_id()
+    await runtime.process_batch([kafka_message(place(oid), 0, key=oid.upper().encode())])
+    [(value, reason)] = runtime.dead_letters.parked  # type: ignore[attr-defined]
+    assert decode(value).order_id == oid
+    assert reason.startswith("wrong key: ") and f"send key = order_id ({oid})" in reason
+    assert await outbox_types(pools["orders"], oid) == []
 
 
 @pytest.fixture(scope="module")
