@@ -62,14 +62,8 @@ class ServiceConsumer:
         self._handler: Handler | None = None
         self._started = asyncio.Lock()
         self._retrying_since: float | None = None  # a batch is failing and being retried
-        self.relay = OutboxRelay(
-            settings.dsn(service),
-            service,
-            self._publish,
-            on_published=metrics.OUTBOX_PUBLISHED.labels(service).inc,
-            crash_after_batches=settings.fault_relay_crash_after_publish,
-            retention_s=settings.outbox_retention_s,
-        )
+        self.relay = OutboxRelay(settings, service, self._publish,
+                                 on_published=metrics.OUTBOX_PUBLISHED.labels(service).inc)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -86,11 +80,8 @@ class ServiceConsumer:
             backoff = Backoff(0.1)
             while True:
                 try:
-                    self._pool = await create_pool(
-                        self.settings.dsn(self.service),
-                        min_size=self.settings.pool_min_size,
-                        max_size=self.settings.pool_max_size,
-                    )
+                    self._pool = await create_pool(self.settings.dsn(self.service),
+                                                   self.settings)
                     break
                 except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
                     log.warning("%s: database not reachable (%s), retrying", self.service, exc)

@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import asyncpg
 
 from agents.messaging.retry import Backoff
-from stores import messaging
-from stores.db import init_connection
+from config import Settings
+from stores import db, messaging
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        dsn: str,
+        settings: Settings,
         service: str,
         publish: Publish,
         *,
@@ -47,10 +47,9 @@ class OutboxRelay:
         safety_poll_s: float = 1.0,
         mark_every_s: float = 0.1,
         on_published: Callable[[int], None] | None = None,
-        crash_after_batches: int = 0,
-        retention_s: float = 3600.0,
     ) -> None:
-        self._dsn = dsn
+        self._settings = settings
+        self._dsn = settings.dsn(service)
         self._lock_key = zlib.crc32(f"oms-outbox-{service}".encode())
         self._publish = publish
         self._batch_size = batch_size
@@ -66,9 +65,9 @@ class OutboxRelay:
         self._unmarked_since = 0.0
         self.is_leader = False
         self.connected = False
-        self._crash_after = crash_after_batches  # test-only fault hook, 0 = off: _fault_point
+        self._crash_after = settings.fault_relay_crash_after_publish  # test-only: _fault_point
         self._batches = 0
-        self._retention_s = retention_s
+        self._retention_s = settings.outbox_retention_s
         self._purged_at = 0.0
 
     def committed(self, rows: Sequence[messaging.OutboxMessage]) -> None:
@@ -97,9 +96,17 @@ class OutboxRelay:
                 await backoff.wait()
 
     async def _session(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
+        """One connection: stand by until the lock is ours, then publish until it fails.
+
+        The server ends the session once it has been silent for
+        ``relay_idle_timeout_s`` (this loop speaks at least every
+        ``safety_poll_s``), so a relay whose network path died gives the lock up
+        even if the server never hears of it; the relay itself notices through
+        the command timeout.
+        """
+        conn = await db.connect(self._dsn, self._settings,
+                                idle_session_timeout_s=self._settings.relay_idle_timeout_s)
         try:
-            await init_connection(conn)
             self.connected = True
             await conn.add_listener(messaging.OUTBOX_CHANNEL, self._on_notify)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
@@ -119,7 +126,7 @@ class OutboxRelay:
             self.is_leader = self.connected = False
             self._handed.clear()  # still unsent in the table: the next leader reads them
             self._unmarked.clear()  # republished by the next leader: a few duplicates
-            await conn.close()
+            conn.terminate()  # closing politely could wait forever on a dead path
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
         self._read_table = True

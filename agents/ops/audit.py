@@ -19,7 +19,7 @@ import asyncpg
 
 from config import Settings
 from schemas.codec import DecodeError, decode
-from stores.db import init_connection
+from stores.db import connect
 
 
 @dataclass
@@ -59,10 +59,9 @@ async def audit(
     settings: Settings, *, settle_grace_s: float = 10.0, tracker_urls: tuple[str, ...] = ()
 ) -> AuditReport:
     """Read the three databases (and the trackers at ``tracker_urls``); check every invariant."""
-    conns = {s: await asyncpg.connect(settings.dsn(s)) for s in ("orders", "inventory", "payments")}
+    conns = {s: await connect(settings.dsn(s), settings)
+             for s in ("orders", "inventory", "payments")}
     try:
-        for conn in conns.values():
-            await init_connection(conn)
         orders = {str(r["order_id"]): r for r in await conns["orders"].fetch(
             "SELECT order_id, status, amount_cents, placed_at,"
             " extract(epoch FROM now() - updated_at) AS settled_s,"

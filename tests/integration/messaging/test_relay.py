@@ -11,19 +11,24 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from agents.messaging.relay import OutboxRelay
 from config import Settings
 from stores import messaging
 from stores.db import create_pool, prepare_database
-from tests.conftest import drop_test_databases, make_settings
+from tests.conftest import TEST_DATABASE_URL, drop_test_databases, make_settings
 from tests.helpers import eventually
+from tests.tcp_proxy import tcp_proxy
 
 pytestmark = pytest.mark.integration
 
+T = TypeVar("T")
 NO_SAFETY_POLL_S = 60.0  # longer than any deadline here: only a wake-up can publish
 
 
@@ -54,7 +59,7 @@ async def relay_db(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Se
 
 @pytest.fixture
 async def pool(relay_db: Settings) -> AsyncIterator[asyncpg.Pool]:
-    opened = await create_pool(relay_db.dsn("orders"))
+    opened = await create_pool(relay_db.dsn("orders"), relay_db)
     yield opened
     await opened.close()
 
@@ -100,7 +105,7 @@ async def leading(
 ) -> AsyncIterator[tuple[OutboxRelay, Recorder]]:
     """A running relay that leads (the only one), and what it publishes."""
     recorder = Recorder()
-    relay = OutboxRelay(relay_db.dsn("orders"), "orders", recorder, safety_poll_s=safety_poll_s)
+    relay = OutboxRelay(relay_db, "orders", recorder, safety_poll_s=safety_poll_s)
     task = await started(relay)
     try:
         await until(lambda: relay.is_leader, "leader")
@@ -167,7 +172,7 @@ async def test_the_safety_read_finds_a_row_whose_notify_was_lost_while_hand_over
 
 def test_a_relay_that_does_not_lead_ignores_rows_handed_to_it() -> None:
     """The step that committed them sent a NOTIFY, which wakes the leader wherever it runs."""
-    relay = OutboxRelay("postgresql://unused", "orders", Recorder())
+    relay = OutboxRelay(make_settings(Path("unused")), "orders", Recorder())
     relay.committed([messaging.OutboxMessage("t", b"k", b"v", id=1)])
     assert not relay._wake.is_set()
 
@@ -178,7 +183,7 @@ async def test_only_one_of_two_relays_publishes_and_the_other_takes_over(
     recorder, key = Recorder(), uuid.uuid4().bytes
     # the standby retries the lock on its safety poll: the old leader's backend
     # may still hold it for a moment after its connection closed
-    relays = [OutboxRelay(relay_db.dsn("orders"), "orders", recorder, safety_poll_s=0.2)
+    relays = [OutboxRelay(relay_db, "orders", recorder, safety_poll_s=0.2)
               for _ in range(2)]
     tasks = [await started(r) for r in relays]
     try:
@@ -199,3 +204,44 @@ async def test_only_one_of_two_relays_publishes_and_the_other_takes_over(
     finally:
         for task in tasks:
             await stop(task)
+
+
+async def test_a_leader_whose_connection_goes_half_open_gives_way_to_a_standby(
+    relay_db: Settings, pool: asyncpg.Pool
+) -> None:
+    """A dead path to the server must not keep the lock: the standby takes over.
+
+    The leader's connection goes through a proxy that then stops forwarding
+    without closing anything, so neither side hears of it. The leader's next
+    statement must time out (and it stops leading), and the server must end
+    the silent session, releasing the advisory lock for the standby.
+    """
+    target = urlsplit(TEST_DATABASE_URL)
+    quick = {"db_connect_timeout_s": 1.0, "db_command_timeout_s": 1.0,
+             "relay_idle_timeout_s": 2.0}
+    async with tcp_proxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        user = target.netloc.rpartition("@")[0]
+        proxied = SecretStr(target._replace(
+            netloc=f"{user}{'@' if user else ''}127.0.0.1:{proxy.port}").geturl())
+        recorder, key = Recorder(), uuid.uuid4().bytes
+        hung = OutboxRelay(relay_db.model_copy(update={**quick, "database_url": proxied}),
+                           "orders", recorder, safety_poll_s=0.2)
+        tasks = [await started(hung)]
+        try:
+            await until(lambda: hung.is_leader, "the proxied relay leads")
+            standby = OutboxRelay(relay_db.model_copy(update=quick), "orders", recorder,
+                                  safety_poll_s=0.2)
+            tasks.append(await started(standby))
+            proxy.freeze()
+            await enqueue(pool, key, [b"after"], notify=True)
+            await eventually(lambda: _now(recorder.values(key)), lambda v: v == [b"after"], 30,
+                             "the standby took over and published")
+            assert standby.is_leader
+            await until(lambda: not hung.is_leader, "the hung relay gave up leading")
+        finally:
+            for task in tasks:  # a relay hung on its connection would hang its stop too
+                await asyncio.wait_for(stop(task), 10)
+
+
+async def _now(value: T) -> T:
+    return value
