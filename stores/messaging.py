@@ -65,10 +65,10 @@ async def enqueue(
 
 
 async def unsent(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
-    """The oldest unpublished records, in commit-id order."""
+    """The oldest records waiting to be published (not parked), in commit-id order."""
     rows = await conn.fetch(
         "SELECT id, topic, key, value, headers FROM outbox"
-        " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+        " WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT $1",
         limit,
     )
     return [
@@ -81,9 +81,23 @@ async def mark_sent(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
     await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids)
 
 
+async def park(conn: asyncpg.Connection, row_id: int, reason: str) -> None:
+    """Set aside a record the broker refuses for good; it is kept, and no longer published."""
+    await conn.execute("UPDATE outbox SET parked_at = now(), park_reason = $2 WHERE id = $1",
+                       row_id, reason)
+
+
+async def parked(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Parked records: id, topic, key, value size, when and why (oldest first)."""
+    return await conn.fetch(
+        "SELECT id, topic, key, length(value) AS size, parked_at, park_reason FROM outbox"
+        " WHERE parked_at IS NOT NULL ORDER BY id")
+
+
 async def backlog(conn: asyncpg.Connection) -> int:
-    """How many records wait to be published."""
-    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+    """How many records wait to be published (parked ones do not wait)."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL"))
 
 
 async def purge(conn: asyncpg.Connection, older_than_s: float) -> int:

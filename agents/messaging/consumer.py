@@ -261,6 +261,7 @@ class ServiceConsumer:
         return {
             "database_pool": self._pool is not None,
             "outbox_relay_connected": self.relay.connected,
+            "outbox_relay_publishing": not self.relay.publish_failing,
             "step_not_stuck": not self.stuck(),
         }
 

@@ -21,7 +21,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
+from agents.messaging import kafka
 from agents.messaging.retry import Backoff
+from agents.observability import metrics
 from config import Settings
 from stores import db, messaging
 
@@ -50,6 +52,7 @@ class OutboxRelay:
     ) -> None:
         self._settings = settings
         self._dsn = settings.dsn(service)
+        self._service = service
         self._lock_key = zlib.crc32(f"oms-outbox-{service}".encode())
         self._publish = publish
         self._batch_size = batch_size
@@ -65,6 +68,9 @@ class OutboxRelay:
         self._unmarked_since = 0.0
         self.is_leader = False
         self.connected = False
+        self.publish_failing = False
+        """True while the last rows this relay tried to publish failed (and wait for a retry)."""
+        self._retry_backoff = Backoff(0.1)
         self._crash_after = settings.fault_relay_crash_after_publish  # test-only: _fault_point
         self._batches = 0
         self._retention_s = settings.outbox_retention_s
@@ -157,18 +163,77 @@ class OutboxRelay:
         self._wake.clear()
 
     async def _drain(self, conn: asyncpg.Connection) -> bool:
-        """Publish one batch; False when there was nothing to publish."""
+        """Publish one batch; False when there was nothing to publish.
+
+        A row the broker refuses for good is parked (kept, with its reason,
+        never published) and the rest go on. A row that failed otherwise stays
+        unsent: the table is read again after a backoff, in order.
+        """
         batch = await self._next_batch(conn)
         if not batch:
             return False
-        acks = [await self._publish(message) for message in batch]
-        await asyncio.gather(*acks)
+        failures = await self._send(batch)
         self._fault_point(batch)
-        if not self._unmarked:
+        published = [m.id for m in batch if m.id not in failures]
+        if published and not self._unmarked:
             self._unmarked_since = time.monotonic()
-        self._unmarked.extend(m.id for m in batch)
-        self._on_published(len(batch))
+        self._unmarked.extend(published)
+        self._on_published(len(published))
+        retry = []
+        for message in (m for m in batch if m.id in failures):
+            if not await self._parked(conn, message, failures[message.id]):
+                retry.append(message)
+        if retry:
+            await self._retry_later(retry, failures)
+        else:
+            self.publish_failing = False
+            self._retry_backoff.reset()
         return True
+
+    async def _send(self, batch: list[messaging.OutboxMessage]) -> dict[int, Exception]:
+        """Publish every row of ``batch``; the errors of those that failed, by row id."""
+        acks: dict[int, Awaitable[object]] = {}
+        failures: dict[int, Exception] = {}
+        for message in batch:
+            try:
+                acks[message.id] = await self._publish(message)
+            except Exception as exc:  # noqa: BLE001 - classified by the caller: park or retry
+                failures[message.id] = exc
+        results = await asyncio.gather(*acks.values(), return_exceptions=True)
+        for row_id, result in zip(acks, results, strict=True):
+            if isinstance(result, Exception):
+                failures[row_id] = result
+            elif isinstance(result, BaseException):
+                raise result  # cancelled: the relay is stopping
+        return failures
+
+    async def _parked(self, conn: asyncpg.Connection, message: messaging.OutboxMessage,
+                      exc: Exception) -> bool:
+        """Park ``message`` if the broker refused it for good; False if it is worth a retry."""
+        refusal = kafka.permanent_send_error(exc)
+        if refusal is None:
+            return False
+        reason = f"{type(refusal).__name__}: {refusal}"
+        await messaging.park(conn, message.id, reason)
+        metrics.OUTBOX_PARKED.labels(self._service).inc()
+        log.error("%s: outbox row %d (%s, key %r, %d bytes) parked, the broker refuses it: %s",
+                  self._service, message.id, message.topic, message.key[:64],
+                  len(message.value), reason)
+        return True
+
+    async def _retry_later(self, rows: list[messaging.OutboxMessage],
+                           failures: dict[int, Exception]) -> None:
+        """Count the rows that failed for now, then wait and read them again from the table."""
+        for message in rows:
+            metrics.OUTBOX_PUBLISH_RETRIES.labels(
+                self._service, type(failures[message.id]).__name__).inc()
+        first = failures[rows[0].id]
+        log.warning("%s: %d outbox rows not published (%s: %s); retrying in %.1fs",
+                    self._service, len(rows), type(first).__name__, first,
+                    self._retry_backoff.delay)
+        self.publish_failing = True
+        self._read_table = True
+        await self._retry_backoff.wait()
 
     async def _next_batch(self, conn: asyncpg.Connection) -> list[messaging.OutboxMessage]:
         """Rows handed over in memory or, when others may wait, the oldest unsent ones.

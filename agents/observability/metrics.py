@@ -47,6 +47,11 @@ DEAD_LETTERS = Counter("oms_dead_letters", "Messages sent to the dead-letter top
                        ["service", "reason"])
 OUTBOX_BACKLOG = Gauge("oms_outbox_backlog", "Outbox rows not yet published", ["service"])
 OUTBOX_PUBLISHED = Counter("oms_outbox_published", "Outbox rows published", ["service"])
+OUTBOX_PARKED = Counter("oms_outbox_parked", "Outbox rows the broker refused for good, set aside",
+                        ["service"])
+OUTBOX_PUBLISH_RETRIES = Counter("oms_outbox_publish_retries",
+                                 "Outbox rows whose publish failed and will be retried",
+                                 ["service", "error"])
 CONSUMER_LAG = Gauge("oms_consumer_lag", "End offset minus committed position",
                      ["service", "topic", "partition"])
 GATEWAY_CALLS = Counter("oms_gateway_calls", "Payment gateway calls by result",

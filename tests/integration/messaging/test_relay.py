@@ -16,9 +16,14 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
+from aiokafka.errors import KafkaTimeoutError
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
+from agents.dev.embedded import EmbeddedBroker
+from agents.messaging import kafka
 from agents.messaging.relay import OutboxRelay
+from agents.ops import audit
 from config import Settings
 from stores import messaging
 from stores.db import create_pool, prepare_database
@@ -74,7 +79,8 @@ async def enqueue(pool: asyncpg.Pool, key: bytes, values: list[bytes], *,
 
 async def unsent(pool: asyncpg.Pool, key: bytes) -> int:
     return int(await pool.fetchval(
-        "SELECT count(*) FROM outbox WHERE key = $1 AND sent_at IS NULL", key))
+        "SELECT count(*) FROM outbox WHERE key = $1 AND sent_at IS NULL AND parked_at IS NULL",
+        key))
 
 
 async def all_marked(pool: asyncpg.Pool, key: bytes, what: str = "rows marked sent") -> None:
@@ -245,3 +251,95 @@ async def test_a_leader_whose_connection_goes_half_open_gives_way_to_a_standby(
 
 async def _now(value: T) -> T:
     return value
+
+
+async def test_a_row_the_broker_refuses_for_good_is_parked_and_the_rest_flow(
+    relay_db: Settings, pool: asyncpg.Pool, broker: EmbeddedBroker
+) -> None:
+    """One poison row must not stop the relay nor block every row after it.
+
+    Published through a real producer to the real broker: a row larger than
+    the producer accepts is set aside with its reason, counted and reported
+    by ``oms check``; the rows around it are published in order and marked.
+    """
+    settings = relay_db.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    topic = f"oms-test-park-{uuid.uuid4().hex[:8]}"
+    await kafka.ensure_topics(settings, {topic: 1})
+    producer = kafka.producer(settings)
+    await producer.start()
+
+    async def publish(message: messaging.OutboxMessage) -> asyncio.Future[object]:
+        return asyncio.ensure_future(
+            await producer.send(message.topic, message.value, key=message.key))
+
+    key = uuid.uuid4().bytes
+    huge = b"x" * (2 * 1024 * 1024)
+    parked_before = parked_count()
+    relay = OutboxRelay(settings, "orders", publish, safety_poll_s=NO_SAFETY_POLL_S)
+    task = await started(relay)
+    try:
+        await until(lambda: relay.is_leader, "leader")
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await messaging.enqueue(conn, [messaging.OutboxMessage(topic, key, v)
+                                                  for v in (b"before", huge, b"after")])
+        await all_marked(pool, key, "the rows around the poison one marked sent")
+        assert not task.done() and relay.is_leader
+        [parked] = await pool.fetch("SELECT id, park_reason FROM outbox"
+                                    " WHERE key = $1 AND parked_at IS NOT NULL", key)
+        assert parked["id"] == rows[1].id and "MessageSizeTooLargeError" in parked["park_reason"]
+        assert parked_count() == parked_before + 1
+        assert await messaging.backlog(pool) == 0  # parked is not waiting: it is set aside
+        async with pool.acquire() as conn:
+            found = await audit.parked_outbox_rows({"orders": conn})
+        assert not found.ok and f"orders outbox row {rows[1].id}" in found.violations[0]
+        assert "MessageSizeTooLargeError" in found.violations[0]
+    finally:
+        await stop(task)
+        await producer.stop()
+    assert await read_values(settings, topic) == [b"before", b"after"]
+
+
+async def test_a_row_that_fails_for_now_is_retried_not_parked(
+    relay_db: Settings, pool: asyncpg.Pool
+) -> None:
+    """A broker that times out is a passing fault: the row waits and goes out later."""
+    recorder, key = Recorder(), uuid.uuid4().bytes
+    failed: list[bytes] = []
+
+    async def flaky(message: messaging.OutboxMessage) -> asyncio.Future[None]:
+        if message.value == b"flaky" and not failed:  # the broker times out, once
+            failed.append(message.value)
+            timed_out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            timed_out.set_exception(KafkaTimeoutError())
+            return timed_out
+        return await recorder(message)
+
+    relay = OutboxRelay(relay_db, "orders", flaky, safety_poll_s=NO_SAFETY_POLL_S)
+    task = await started(relay)
+    try:
+        await until(lambda: relay.is_leader, "leader")
+        await enqueue(pool, key, [b"flaky"], notify=True)
+        await until(lambda: recorder.values(key) == [b"flaky"], "published on the retry")
+        await all_marked(pool, key)
+        assert failed == [b"flaky"] and not relay.publish_failing
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE key = $1"
+                                   " AND parked_at IS NOT NULL", key) == 0
+    finally:
+        await stop(task)
+
+
+def parked_count() -> float:
+    return REGISTRY.get_sample_value("oms_outbox_parked_total", {"service": "orders"}) or 0.0
+
+
+async def read_values(settings: Settings, topic: str) -> list[bytes]:
+    consumer = kafka.consumer(settings, topic, auto_offset_reset="earliest",
+                              enable_auto_commit=False)
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        while batches := await consumer.getmany(timeout_ms=1000):
+            values += [r.value for records in batches.values() for r in records if r.value]
+        return values
+    finally:
+        await consumer.stop()
