@@ -92,7 +92,7 @@ def check_key(key: bytes | None, envelope: Envelope) -> None:
     letter says which key to send.
     """
     if key != envelope.order_id.encode():
-        shown = "missing" if key is None else repr(key)
+        shown = "missing" if key is None else repr(key[:80])
         raise WrongKey(f"key {shown} is not the order id; send key = order_id"
                        f" ({envelope.order_id}) as UTF-8: the key chooses the partition,"
                        " and every event of an order must share one")
@@ -102,7 +102,7 @@ def _canonical_uuid(name: str, value: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:
-        raise DecodeError(f"{name} is not a UUID: {value!r}") from exc
+        raise DecodeError(f"{name} is not a UUID: {value[:80]!r}") from exc
 
 
 def body_of(envelope: Envelope) -> Message:

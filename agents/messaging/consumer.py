@@ -262,6 +262,7 @@ class ServiceConsumer:
             "database_pool": self._pool is not None,
             "outbox_relay_connected": self.relay.connected,
             "outbox_relay_publishing": not self.relay.publish_failing,
+            "dead_letters_publishing": not self.dead_letters.failing,
             "step_not_stuck": not self.stuck(),
         }
 

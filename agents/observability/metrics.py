@@ -45,6 +45,11 @@ EVENTS = Counter("oms_events", "Events consumed, by result", ["service", "event_
 STEP_RETRIES = Counter("oms_step_retries", "Transient step failures retried", ["service", "error"])
 DEAD_LETTERS = Counter("oms_dead_letters", "Messages sent to the dead-letter topic",
                        ["service", "reason"])
+DEAD_LETTERS_TRUNCATED = Counter("oms_dead_letters_truncated",
+                                 "Dead letters the broker refused whole, published truncated",
+                                 ["service"])
+DEAD_LETTER_PUBLISH_RETRIES = Counter("oms_dead_letter_publish_retries",
+                                      "Failed dead-letter publishes, retried", ["service", "error"])
 OUTBOX_BACKLOG = Gauge("oms_outbox_backlog", "Outbox rows not yet published", ["service"])
 OUTBOX_PUBLISHED = Counter("oms_outbox_published", "Outbox rows published", ["service"])
 OUTBOX_PARKED = Counter("oms_outbox_parked", "Outbox rows the broker refused for good, set aside",

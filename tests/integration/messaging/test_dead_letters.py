@@ -193,6 +193,41 @@ async def test_upper_case_ids_confirm_the_order_and_a_key_in_another_form_is_ref
                        uuid.UUID(misrouted)) == []
 
 
+async def test_a_record_too_large_to_dead_letter_whole_is_truncated_and_later_orders_finish(
+    stack: Stack
+) -> None:
+    """The producer accepted it, but the dead letter (it plus our headers) is too large.
+
+    It must not be retried forever, stalling the partition for orders and the
+    tracker: it is parked with a prefix of its value and says so.
+    """
+    order_id = str(uuid.uuid4())
+    garbage = b"\xff\xfe not protobuf" + b"x" * 1_040_000
+    sku = REGULAR_SKUS[4]
+    async with OrderClient(stack.settings) as client:
+        await client.send_raw(stack.settings.topic("order-commands"), order_id.encode(), garbage)
+        await client.place(PlaceOrderRequest(  # same key, so behind it on the same partition
+            order_id=uuid.UUID(order_id), customer_id="after-a-huge-one",
+            payment_token="tok_visa",
+            lines=[LineRequest(sku=sku, quantity=1, unit_price_cents=price_of(sku))]))
+    assert await wait_terminal(stack.settings, [order_id], 60) == 0
+    letters = await eventually(
+        lambda: deadletters.dead_letters(stack.settings, deadletters.Filters(
+            topic="order-commands", reason_contains="undecodable")),
+        lambda found: len([x for x in found if x.key == order_id.encode()]) >= 2, 60,
+        "truncated dead letters")
+    mine = [x for x in letters if x.key == order_id.encode()]
+    assert {x.service for x in mine} == {"orders", "orchestrator"}
+    for letter in mine:
+        assert letter.value == garbage[:len(letter.value)] and len(letter.value) < len(garbage)
+        assert letter.header("original-size") == str(len(garbage))
+        assert "truncated" in letter.header("truncated")
+    async with aiohttp.ClientSession() as http:
+        for names in stack.workers.values():
+            async with http.get(stack.web_url(names[0]) + "/ready/") as resp:
+                assert resp.status == 200, (names[0], await resp.text())
+
+
 async def test_redrive_reproduces_once_and_the_list_cli(stack: Stack) -> None:
     """A dead letter whose cause was fixed (here: a valid order) is re-driven exactly once."""
     order_id = str(uuid.uuid4())
