@@ -228,6 +228,40 @@ async def test_a_record_too_large_to_dead_letter_whole_is_truncated_and_later_or
                 assert resp.status == 200, (names[0], await resp.text())
 
 
+async def test_an_order_whose_next_event_is_too_large_to_publish_stops_nothing(
+    stack: Stack
+) -> None:
+    """A PlaceOrder the client's producer accepts (about 1 MB) whose OrderCreated is larger.
+
+    Whether the orders service refuses it as invalid (a dead letter) or applies
+    it and the broker refuses its OrderCreated (a parked outbox row), the
+    worker stays up, the order is accounted for, and the next order behind it
+    completes.
+    """
+    big, after = str(uuid.uuid4()), str(uuid.uuid4())
+    sku = REGULAR_SKUS[5]
+    line = [OrderLine(sku=sku, quantity=1, unit_price_cents=price_of(sku))]
+    huge = PlaceOrder(customer_id="c" * 1_000_000, payment_token="tok_visa", lines=line)
+    async with OrderClient(stack.settings) as client:
+        await client.send(new_envelope(big, huge, producer="t"))
+        await client.send(new_envelope(after, PlaceOrder(customer_id="next", lines=line,
+                                                         payment_token="tok_visa"),
+                                       producer="t"))
+    assert await wait_terminal(stack.settings, [after], 60, stack.all_running) == 0
+    assert stack.all_running()
+
+    async def accounted_for() -> list[str]:
+        parked = await query(stack.settings, "orders", "SELECT park_reason FROM outbox"
+                             " WHERE key = $1 AND parked_at IS NOT NULL", big.encode())
+        letters = await deadletters.dead_letters(
+            stack.settings, deadletters.Filters(service="orders", topic="order-commands"))
+        return ([r["park_reason"] for r in parked]
+                + [x.reason for x in letters if x.key == big.encode()])
+
+    [why] = await eventually(accounted_for, bool, 30, "the big order parked or dead-lettered")
+    assert "TooLarge" in why or why.startswith("invalid PlaceOrder"), why
+
+
 async def test_redrive_reproduces_once_and_the_list_cli(stack: Stack) -> None:
     """A dead letter whose cause was fixed (here: a valid order) is re-driven exactly once."""
     order_id = str(uuid.uuid4())
