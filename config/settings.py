@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     outbox_retention_s: float = Field(
         default=3600.0, gt=0, description="published outbox rows are kept this long (audit)"
     )
+    inbox_retention_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0,
+        description="inbox rows (applied event ids) are kept this long; must exceed the"
+        " topics' retention, else a replay from earliest could re-apply purged events",
+    )
     db_connect_timeout_s: float = Field(
         default=10.0, gt=0, description="opening a PostgreSQL connection gives up after this"
     )

@@ -100,12 +100,26 @@ async def backlog(conn: asyncpg.Connection) -> int:
         "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL"))
 
 
-async def purge(conn: asyncpg.Connection, older_than_s: float) -> int:
-    """Delete outbox rows published longer ago than ``older_than_s``.
+async def purge(conn: asyncpg.Connection, older_than_s: float, limit: int) -> int:
+    """Delete up to ``limit`` outbox rows published longer ago than ``older_than_s``.
 
-    The inbox is never purged here: it must outlive every replay it protects.
+    Parked rows are never purged: an operator has to see them.
     """
-    sent = await conn.execute(
-        "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s
-    )
-    return int(sent.split()[-1])
+    done = await conn.execute(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+        " WHERE sent_at < now() - make_interval(secs => $1) ORDER BY sent_at LIMIT $2)",
+        older_than_s, limit)
+    return int(done.split()[-1])
+
+
+async def purge_inbox(conn: asyncpg.Connection, older_than_s: float, limit: int) -> int:
+    """Delete up to ``limit`` inbox rows received longer ago than ``older_than_s``.
+
+    The retention must exceed the topics' retention: an event re-read after
+    its inbox row is gone (a replay from the earliest offset) is applied again.
+    """
+    done = await conn.execute(
+        "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox"
+        " WHERE received_at < now() - make_interval(secs => $1) ORDER BY received_at LIMIT $2)",
+        older_than_s, limit)
+    return int(done.split()[-1])

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 HEALTHY_SESSION_S = 10.0
 PURGE_EVERY_S = 60.0
+PURGE_BATCH = 5000
 
 Publish = Callable[[messaging.OutboxMessage], Awaitable[Awaitable[object]]]
 """Schedule one record; the returned awaitable resolves once the broker acked it."""
@@ -73,8 +74,7 @@ class OutboxRelay:
         self._retry_backoff = Backoff(0.1)
         self._crash_after = settings.fault_relay_crash_after_publish  # test-only: _fault_point
         self._batches = 0
-        self._retention_s = settings.outbox_retention_s
-        self._purged_at = 0.0
+        self._purge_due = 0.0
 
     def committed(self, rows: Sequence[messaging.OutboxMessage]) -> None:
         """Rows a step of this process has just committed: publish them without a read.
@@ -139,13 +139,22 @@ class OutboxRelay:
         self._wake.set()
 
     async def _maybe_purge(self, conn: asyncpg.Connection) -> None:
-        """Drop published rows past the retention, at most once a minute (bounded table)."""
-        if time.monotonic() - self._purged_at < PURGE_EVERY_S:
+        """Keep the outbox and the inbox bounded: drop rows past their retention.
+
+        Once a minute, a batch of each; while a batch comes back full, again
+        on the next pass of the loop, so a large backlog is trimmed between
+        publishes rather than in one long statement.
+        """
+        if time.monotonic() < self._purge_due:
             return
-        self._purged_at = time.monotonic()
-        purged = await messaging.purge(conn, self._retention_s)
-        if purged:
-            log.info("outbox relay purged %d published rows", purged)
+        settings = self._settings
+        outbox = await messaging.purge(conn, settings.outbox_retention_s, PURGE_BATCH)
+        inbox = await messaging.purge_inbox(conn, settings.inbox_retention_s, PURGE_BATCH)
+        more = PURGE_BATCH in (outbox, inbox)
+        self._purge_due = time.monotonic() + (0.0 if more else PURGE_EVERY_S)
+        if outbox or inbox:
+            log.info("%s: purged %d published outbox rows and %d inbox rows", self._service,
+                     outbox, inbox)
 
     def _until_due(self) -> float:
         """Seconds until the next safety read or mark deadline, whichever comes first."""

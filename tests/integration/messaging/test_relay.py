@@ -343,3 +343,39 @@ async def read_values(settings: Settings, topic: str) -> list[bytes]:
         return values
     finally:
         await consumer.stop()
+
+
+async def test_the_leader_purges_inbox_rows_older_than_the_retention(
+    relay_db: Settings, pool: asyncpg.Pool
+) -> None:
+    """The inbox would grow forever (three rows per order per service): the relay trims it."""
+    old = [uuid.uuid4() for _ in range(3)]
+    recent = uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO inbox (event_id, event_type, received_at)"
+        " SELECT e, 'Old', now() - interval '2 hours' FROM unnest($1::uuid[]) AS e", old)
+    await pool.execute("INSERT INTO inbox (event_id, event_type) VALUES ($1, 'Recent')", recent)
+    settings = relay_db.model_copy(update={"inbox_retention_s": 3600.0})
+    relay = OutboxRelay(settings, "orders", Recorder(), safety_poll_s=0.2)
+    task = await started(relay)
+    try:
+        await eventually(lambda: pool.fetch("SELECT event_id FROM inbox WHERE event_id ="
+                                            " ANY($1::uuid[])", [*old, recent]),
+                         lambda rows: [r["event_id"] for r in rows] == [recent], 10,
+                         "old inbox rows purged, the recent one kept")
+    finally:
+        await stop(task)
+
+
+async def test_the_inbox_is_purged_in_batches_oldest_first(pool: asyncpg.Pool) -> None:
+    """A large backlog is trimmed a batch at a time, never in one long statement."""
+    ids = [uuid.uuid4() for _ in range(7)]
+    await pool.execute(
+        "INSERT INTO inbox (event_id, event_type, received_at) SELECT e, 'Old',"
+        " now() - interval '1 day' - make_interval(secs => n) FROM unnest($1::uuid[])"
+        " WITH ORDINALITY AS t(e, n)", ids)
+    async with pool.acquire() as conn:
+        counts = [await messaging.purge_inbox(conn, 3600.0, 3) for _ in range(4)]
+    assert counts == [3, 3, 1, 0]
+    assert await pool.fetchval("SELECT count(*) FROM inbox WHERE event_id = ANY($1::uuid[])",
+                               ids) == 0
