@@ -1,6 +1,7 @@
 """A TCP proxy for tests that can go silent: a half-open connection on demand.
 
-Until :meth:`TcpProxy.freeze` it forwards bytes both ways. Frozen, it stops
+Until :meth:`TcpProxy.freeze` it forwards bytes both ways (the server's
+after ``reply_delay_s``, like a slow network). Frozen, it stops
 forwarding and keeps every socket open, without passing on a close either:
 each side sees a peer that accepts bytes and never answers, as when a
 network path dies without a reset. New connections are accepted and then
@@ -18,8 +19,9 @@ from contextlib import asynccontextmanager
 class TcpProxy:
     """Forwards 127.0.0.1:``port`` to ``target``; see the module docstring."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, reply_delay_s: float = 0.0) -> None:
         self._target = (target_host, target_port)
+        self._reply_delay_s = reply_delay_s  # the server's bytes arrive this much later
         self._frozen = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -49,11 +51,13 @@ class TcpProxy:
             return  # accepted, never answered
         up_reader, up_writer = await asyncio.open_connection(*self._target)
         self._writers.append(up_writer)
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
+        for source, sink, delay in ((reader, up_writer, 0.0),
+                                    (up_reader, writer, self._reply_delay_s)):
+            task = asyncio.create_task(self._pipe(source, sink, delay))
             self._tasks.add(task)
 
-    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter,
+                    delay_s: float) -> None:
         while not self._frozen.is_set():
             read = asyncio.ensure_future(source.read(65536))
             frozen = asyncio.ensure_future(self._frozen.wait())
@@ -67,13 +71,18 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     sink.write_eof()
                 return
-            sink.write(data)
-            await sink.drain()
+            if delay_s:  # in order: every chunk waits the same time
+                asyncio.get_running_loop().call_later(delay_s, sink.write, data)
+            else:
+                sink.write(data)
+                await sink.drain()
 
 
 @asynccontextmanager
-async def tcp_proxy(target_host: str, target_port: int) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(target_host, target_port)
+async def tcp_proxy(
+    target_host: str, target_port: int, reply_delay_s: float = 0.0
+) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy(target_host, target_port, reply_delay_s)
     await proxy.start()
     try:
         yield proxy

@@ -253,6 +253,12 @@ class OutboxRelay:
         returns: :meth:`committed` and this drop them from the hand-over, so
         each is published once here. Published rows are marked first, so the
         read does not return them again.
+
+        A NOTIFY that reaches us while the read is in flight cannot be lost by
+        resetting ``_read_table`` after it: PostgreSQL delivers notifications
+        only between transactions, so one that arrives before the read's result
+        was sent before the read began, and its rows are in the read; one for a
+        later commit arrives after the result and sets the flag again.
         """
         if self._read_table or time.monotonic() - self._read_at >= self._safety_poll_s:
             await self._mark(conn)

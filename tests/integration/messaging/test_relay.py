@@ -29,7 +29,7 @@ from stores import messaging
 from stores.db import create_pool, prepare_database
 from tests.conftest import TEST_DATABASE_URL, drop_test_databases, make_settings
 from tests.helpers import eventually
-from tests.tcp_proxy import tcp_proxy
+from tests.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = pytest.mark.integration
 
@@ -222,16 +222,12 @@ async def test_a_leader_whose_connection_goes_half_open_gives_way_to_a_standby(
     statement must time out (and it stops leading), and the server must end
     the silent session, releasing the advisory lock for the standby.
     """
-    target = urlsplit(TEST_DATABASE_URL)
     quick = {"db_connect_timeout_s": 1.0, "db_command_timeout_s": 1.0,
              "relay_idle_timeout_s": 2.0}
-    async with tcp_proxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
-        user = target.netloc.rpartition("@")[0]
-        proxied = SecretStr(target._replace(
-            netloc=f"{user}{'@' if user else ''}127.0.0.1:{proxy.port}").geturl())
+    async with proxied(relay_db) as (proxy, through_proxy):
         recorder, key = Recorder(), uuid.uuid4().bytes
-        hung = OutboxRelay(relay_db.model_copy(update={**quick, "database_url": proxied}),
-                           "orders", recorder, safety_poll_s=0.2)
+        hung = OutboxRelay(through_proxy.model_copy(update=quick), "orders", recorder,
+                           safety_poll_s=0.2)
         tasks = [await started(hung)]
         try:
             await until(lambda: hung.is_leader, "the proxied relay leads")
@@ -251,6 +247,48 @@ async def test_a_leader_whose_connection_goes_half_open_gives_way_to_a_standby(
 
 async def _now(value: T) -> T:
     return value
+
+
+@asynccontextmanager
+async def proxied(
+    settings: Settings, reply_delay_s: float = 0.0
+) -> AsyncIterator[tuple[TcpProxy, Settings]]:
+    """A proxy to the test PostgreSQL, and ``settings`` whose connections go through it."""
+    target = urlsplit(TEST_DATABASE_URL)
+    async with tcp_proxy(target.hostname or "127.0.0.1", target.port or 5432,
+                         reply_delay_s) as proxy:
+        user = target.netloc.rpartition("@")[0]
+        url = target._replace(netloc=f"{user}{'@' if user else ''}127.0.0.1:{proxy.port}")
+        yield proxy, settings.model_copy(update={"database_url": SecretStr(url.geturl())})
+
+
+async def test_a_notify_that_arrives_while_the_relay_reads_the_table_is_not_lost(
+    relay_db: Settings, pool: asyncpg.Pool
+) -> None:
+    """Commits land while the relay reads (every answer takes 0.2 s); each is published.
+
+    With no safety poll, only the NOTIFYs can get these rows published, so a
+    NOTIFY lost during a read would leave its row waiting. (PostgreSQL sends a
+    notification only between transactions, after the read's result, and a
+    row committed before the read's snapshot is in the read.)
+    """
+    key = uuid.uuid4().bytes
+    async with proxied(relay_db, reply_delay_s=0.2) as (_, slow):
+        recorder = Recorder()
+        relay = OutboxRelay(slow, "orders", recorder, safety_poll_s=NO_SAFETY_POLL_S)
+        task = await started(relay)
+        try:
+            await until(lambda: relay.is_leader, "leader")
+            for i in range(15):  # the first commit's NOTIFY starts a read; the second lands in it
+                pair = [f"first-{i}".encode(), f"second-{i}".encode()]
+                await enqueue(pool, key, pair[:1], notify=True)
+                await asyncio.sleep(0.3)  # pacing: NOTIFY there (0.2 s), read sent, answer back
+                await enqueue(pool, key, pair[1:], notify=True)
+                await until(lambda p=pair: recorder.values(key)[-2:] == p,
+                            f"pair {i} published")
+            assert len(recorder.values(key)) == 30
+        finally:
+            await stop(task)
 
 
 async def test_a_row_the_broker_refuses_for_good_is_parked_and_the_rest_flow(
