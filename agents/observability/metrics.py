@@ -42,7 +42,8 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 EVENTS = Counter("oms_events", "Events consumed, by result", ["service", "event_type", "result"])
-STEP_RETRIES = Counter("oms_step_retries", "Transient step failures retried", ["service", "error"])
+STEP_RETRIES = Counter("oms_step_retries", "Step failures retried (anything but bad input)",
+                       ["service", "error"])
 DEAD_LETTERS = Counter("oms_dead_letters", "Messages sent to the dead-letter topic",
                        ["service", "reason"])
 DEAD_LETTERS_TRUNCATED = Counter("oms_dead_letters_truncated",
