@@ -183,9 +183,9 @@ class ServiceConsumer:
         """The pooled connection the steps keep between batches.
 
         Batches run one after another, so one connection serves them all; keeping
-        it saves the pool's reset round trip on every release. It goes back to
-        the pool (whose reset then checks it) after a failure, or when a batch
-        was interrupted and left it closed or inside its transaction.
+        it saves the pool's reset round trip on every release. It is dropped
+        after a failure, or when a batch was interrupted and left it closed or
+        inside its transaction.
         """
         conn = self._step_conn
         if conn is not None and (conn.is_closed() or conn.is_in_transaction()):

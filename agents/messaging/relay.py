@@ -8,6 +8,14 @@ back; a NOTIFY from another worker's commit, a new leadership or the slow
 safety poll make it read the table instead. Published rows are marked sent in
 batches, at most ``mark_every_s`` late. A crash between publish and mark
 republishes a few records, which the consumers' inboxes absorb.
+
+A row the broker refuses for good (too large, unknown topic, not authorised)
+is parked: kept with its reason, counted, reported by ``oms check``, and the
+rows after it go on. A row that fails otherwise (the broker unreachable after
+the client's own retries) stays unsent and is read again after a backoff;
+rows behind it that the broker already took are not recalled, so such a
+failure can reorder that one row after them, as with any producer that is
+not idempotent.
 """
 
 from __future__ import annotations
@@ -129,7 +137,7 @@ class OutboxRelay:
             await self._mark_on_stop(conn)
             raise
         finally:
-            self.is_leader = self.connected = False
+            self.is_leader = self.connected = self.publish_failing = False
             self._handed.clear()  # still unsent in the table: the next leader reads them
             self._unmarked.clear()  # republished by the next leader: a few duplicates
             conn.terminate()  # closing politely could wait forever on a dead path

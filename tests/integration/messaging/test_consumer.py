@@ -35,8 +35,11 @@ T = TypeVar("T")
 
 
 class RecordingDeadLetters:
+    """Records what :class:`~agents.messaging.dead_letters.DeadLetters` would publish."""
+
     def __init__(self) -> None:
         self.parked: list[tuple[bytes | None, str]] = []
+        self.failing = False
 
     async def publish(self, message: Message, reason: str) -> None:
         self.parked.append((message.value, reason))
@@ -190,22 +193,25 @@ async def test_a_read_only_database_is_retried_never_dead_lettered(
     before = retries("ReadOnlySQLTransactionError")
     oid = new_order_id()
     await set_read_only(own_db, True)
+    stuck = asyncio.create_task(consumer.process_batch([kafka_message(place(oid), 1)]))
     try:
-        stuck = asyncio.create_task(consumer.process_batch([kafka_message(place(oid), 1)]))
-        await eventually(lambda: _now(retries("ReadOnlySQLTransactionError")),
-                         lambda n: n >= before + 2, 10, "retries counted")
-        await eventually(lambda: _now(consumer.readiness()),
-                         lambda checks: checks["step_not_stuck"] is False, 10, "not ready")
-        assert not stuck.done() and parked.parked == []
+        try:
+            await eventually(lambda: _now(retries("ReadOnlySQLTransactionError")),
+                             lambda n: n >= before + 2, 10, "retries counted")
+            await eventually(lambda: _now(consumer.readiness()),
+                             lambda checks: checks["step_not_stuck"] is False, 10, "not ready")
+            assert not stuck.done() and parked.parked == []
+        finally:
+            await set_read_only(own_db, False)
+        await asyncio.wait_for(stuck, 30)
+        assert parked.parked == []
+        rows = await query(own_db, "orders", "SELECT status FROM orders WHERE order_id = $1",
+                           uuid.UUID(oid))
+        assert [r["status"] for r in rows] == ["PENDING"]
+        assert consumer.readiness()["step_not_stuck"] is True
     finally:
-        await set_read_only(own_db, False)
-    await asyncio.wait_for(stuck, 30)
-    assert parked.parked == []
-    rows = await query(own_db, "orders", "SELECT status FROM orders WHERE order_id = $1",
-                       uuid.UUID(oid))
-    assert [r["status"] for r in rows] == ["PENDING"]
-    assert consumer.readiness()["step_not_stuck"] is True
-    consumer.pool.terminate()
+        stuck.cancel()
+        consumer.pool.terminate()
 
 
 async def _now(value: T) -> T:
