@@ -82,6 +82,44 @@ class Settings(BaseSettings):
     outbox_retention_s: float = Field(
         default=3600.0, gt=0, description="published outbox rows are kept this long (audit)"
     )
+    inbox_retention_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0,
+        description="inbox rows (applied event ids) are kept this long; must exceed the"
+        " topics' retention, else a replay from earliest could re-apply purged events",
+    )
+    db_connect_timeout_s: float = Field(
+        default=10.0, gt=0, description="opening a PostgreSQL connection gives up after this"
+    )
+    db_command_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="any one statement gives up after this (the client cancels it), so a"
+        " connection whose path died raises instead of hanging",
+    )
+    db_keepalives_idle_s: int = Field(
+        default=30, ge=1,
+        description="server-side TCP keepalive: seconds of silence before the first probe",
+    )
+    db_keepalives_interval_s: int = Field(
+        default=10, ge=1, description="server-side TCP keepalive: seconds between probes"
+    )
+    db_keepalives_count: int = Field(
+        default=3, ge=1, description="server-side TCP keepalive: unanswered probes before it"
+        " drops the client's session (and any advisory lock the session held)",
+    )
+    db_tcp_user_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="server side: data unacknowledged this long drops the client's session",
+    )
+    relay_idle_timeout_s: float = Field(
+        default=30.0, gt=1.0,
+        description="the server ends an outbox relay's session that has said nothing this"
+        " long (a live relay speaks every second), so its advisory lock passes to a standby"
+        " even when the relay's network path died without a reset",
+    )
+    step_stuck_after_s: float = Field(
+        default=5.0, gt=0,
+        description="a batch failing (and being retried) this long makes /ready/ answer 503",
+    )
     pool_min_size: int = Field(default=2, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
 

@@ -28,7 +28,21 @@ _FIELD_BY_TYPE: dict[str, str] = {
 
 
 class DecodeError(ValueError):
-    """The bytes are not a usable Envelope; ``str(err)`` is the dead-letter reason."""
+    """The bytes are not a usable Envelope; :attr:`reason` is the dead-letter reason."""
+
+    label = "undecodable"
+    """The reason's class: the dead-letter metric's label."""
+
+    @property
+    def reason(self) -> str:
+        """What the dead letter says: its class, then what is wrong."""
+        return f"{self.label}: {self}"
+
+
+class WrongKey(DecodeError):
+    """A usable envelope under a key that is not its canonical order id."""
+
+    label = "wrong key"
 
 
 def event_types() -> frozenset[str]:
@@ -46,6 +60,9 @@ def decode(data: bytes | None) -> Envelope:
 
     Raises DecodeError for bytes that are not protobuf, an envelope without a
     body, ids that are not UUIDs, or a ``type`` that disagrees with the body.
+    The ids come back canonical (lower-case, hyphenated), whatever form of
+    UUID was sent, so the inbox, the tables and every emitted event name one
+    order and one event the same way.
     """
     if not data:
         raise DecodeError("empty value")
@@ -60,16 +77,32 @@ def decode(data: bytes | None) -> Envelope:
     body_type = type(getattr(envelope, body_field)).DESCRIPTOR.name
     if envelope.type != body_type:
         raise DecodeError(f"type {envelope.type!r} does not match body {body_type!r}")
-    _require_uuid("event_id", envelope.event_id)
-    _require_uuid("order_id", envelope.order_id)
+    envelope.event_id = _canonical_uuid("event_id", envelope.event_id)
+    envelope.order_id = _canonical_uuid("order_id", envelope.order_id)
     return envelope
 
 
-def _require_uuid(name: str, value: str) -> None:
+def check_key(key: bytes | None, envelope: Envelope) -> None:
+    """Raise :class:`WrongKey` unless ``key`` is the envelope's canonical order id.
+
+    The producer picks the partition from the key's bytes, so a key in any
+    other form (upper case, another order) puts this record on another
+    partition than the order's other events: another tracker row, no order
+    between its commands. It cannot be put right after the fact; the dead
+    letter says which key to send.
+    """
+    if key != envelope.order_id.encode():
+        shown = "missing" if key is None else repr(key[:80])
+        raise WrongKey(f"key {shown} is not the order id; send key = order_id"
+                       f" ({envelope.order_id}) as UTF-8: the key chooses the partition,"
+                       " and every event of an order must share one")
+
+
+def _canonical_uuid(name: str, value: str) -> str:
     try:
-        uuid.UUID(value)
+        return str(uuid.UUID(value))
     except ValueError as exc:
-        raise DecodeError(f"{name} is not a UUID: {value!r}") from exc
+        raise DecodeError(f"{name} is not a UUID: {value[:80]!r}") from exc
 
 
 def body_of(envelope: Envelope) -> Message:

@@ -65,10 +65,10 @@ async def enqueue(
 
 
 async def unsent(conn: asyncpg.Connection, limit: int) -> list[OutboxMessage]:
-    """The oldest unpublished records, in commit-id order."""
+    """The oldest records waiting to be published (not parked), in commit-id order."""
     rows = await conn.fetch(
         "SELECT id, topic, key, value, headers FROM outbox"
-        " WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+        " WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT $1",
         limit,
     )
     return [
@@ -81,17 +81,45 @@ async def mark_sent(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
     await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids)
 
 
+async def park(conn: asyncpg.Connection, row_id: int, reason: str) -> None:
+    """Set aside a record the broker refuses for good; it is kept, and no longer published."""
+    await conn.execute("UPDATE outbox SET parked_at = now(), park_reason = $2 WHERE id = $1",
+                       row_id, reason)
+
+
+async def parked(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Parked records: id, topic, key, value size, when and why (oldest first)."""
+    return await conn.fetch(
+        "SELECT id, topic, key, length(value) AS size, parked_at, park_reason FROM outbox"
+        " WHERE parked_at IS NOT NULL ORDER BY id")
+
+
 async def backlog(conn: asyncpg.Connection) -> int:
-    """How many records wait to be published."""
-    return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+    """How many records wait to be published (parked ones do not wait)."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL"))
 
 
-async def purge(conn: asyncpg.Connection, older_than_s: float) -> int:
-    """Delete outbox rows published longer ago than ``older_than_s``.
+async def purge(conn: asyncpg.Connection, older_than_s: float, limit: int) -> int:
+    """Delete up to ``limit`` outbox rows published longer ago than ``older_than_s``.
 
-    The inbox is never purged here: it must outlive every replay it protects.
+    Parked rows are never purged: an operator has to see them.
     """
-    sent = await conn.execute(
-        "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", older_than_s
-    )
-    return int(sent.split()[-1])
+    done = await conn.execute(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+        " WHERE sent_at < now() - make_interval(secs => $1) ORDER BY sent_at LIMIT $2)",
+        older_than_s, limit)
+    return int(done.split()[-1])
+
+
+async def purge_inbox(conn: asyncpg.Connection, older_than_s: float, limit: int) -> int:
+    """Delete up to ``limit`` inbox rows received longer ago than ``older_than_s``.
+
+    The retention must exceed the topics' retention: an event re-read after
+    its inbox row is gone (a replay from the earliest offset) is applied again.
+    """
+    done = await conn.execute(
+        "DELETE FROM inbox WHERE event_id IN (SELECT event_id FROM inbox"
+        " WHERE received_at < now() - make_interval(secs => $1) ORDER BY received_at LIMIT $2)",
+        older_than_s, limit)
+    return int(done.split()[-1])

@@ -51,21 +51,17 @@ def check_database_name(name: str) -> str:
     return name
 
 
-async def ensure_database(server_dsn: str, name: str) -> bool:
+async def ensure_database(server: asyncpg.Connection, name: str) -> bool:
     """Create database ``name`` if missing; return True when it was created.
 
-    ``server_dsn`` points at any existing database of the server (``postgres``).
+    ``server`` is connected to any existing database of the server (``postgres``).
     """
     check_database_name(name)
-    conn = await asyncpg.connect(server_dsn)
+    exists = await server.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+    if exists:
+        return False
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if exists:
-            return False
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
-            return False
-        return True
-    finally:
-        await conn.close()
+        await server.execute(f'CREATE DATABASE "{name}"')
+    except asyncpg.DuplicateDatabaseError:
+        return False
+    return True

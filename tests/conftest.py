@@ -81,7 +81,7 @@ async def pools(db_settings: Settings) -> AsyncIterator[dict[str, asyncpg.Pool]]
     """Migrated databases of the three services, dropped after the session."""
     for service in DATABASE_SERVICES:
         await prepare_database(db_settings, service)
-    opened = {s: await create_pool(db_settings.dsn(s)) for s in DATABASE_SERVICES}
+    opened = {s: await create_pool(db_settings.dsn(s), db_settings) for s in DATABASE_SERVICES}
     yield opened
     for pool in opened.values():
         await pool.close()

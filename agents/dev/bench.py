@@ -45,6 +45,7 @@ from agents.topology import ORDER_COMMANDS, ORDER_EVENTS
 from config import Settings
 from schemas.codec import DecodeError, decode, encode
 from schemas.oms_pb2 import Envelope
+from stores.db import connect
 from stores.migrate import check_database_name, migrate
 
 _log = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ async def process_roots(stack: Stack | None) -> dict[str, list[tuple[int, bool]]
 
 async def _local_postmaster(settings: Settings) -> int | None:
     """The PostgreSQL server's pid when it runs on this machine (else None)."""
-    conn = await asyncpg.connect(settings.database_dsn("postgres"))
+    conn = await connect(settings.database_dsn("postgres"), settings)
     try:
         backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
         try:
@@ -355,15 +356,15 @@ _PAYLOAD = b"x" * 200  # about the size of an encoded envelope
 async def pg_step_rates(settings: Settings, seconds: float, connections: int) -> dict[str, float]:
     """Steps/s of the step transaction's shape on this server: one per commit, and ten."""
     name = check_database_name(f"{settings.database_prefix}bench")
-    admin = await asyncpg.connect(settings.database_dsn("postgres"))
+    admin = await connect(settings.database_dsn("postgres"), settings)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
         try:
             dsn = settings.database_dsn(name)
-            await _prepare_scratch(dsn, connections)
-            single = await _step_rate(dsn, seconds, connections, batch=1)
-            batched = await _step_rate(dsn, seconds, connections, batch=10)
+            await _prepare_scratch(dsn, settings, connections)
+            single = await _step_rate(dsn, settings, seconds, connections, batch=1)
+            batched = await _step_rate(dsn, settings, seconds, connections, batch=10)
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -371,9 +372,9 @@ async def pg_step_rates(settings: Settings, seconds: float, connections: int) ->
     return {"pg_step_rate_per_s": round(single, 1), "pg_batched_step_rate_per_s": round(batched, 1)}
 
 
-async def _prepare_scratch(dsn: str, connections: int) -> None:
+async def _prepare_scratch(dsn: str, settings: Settings, connections: int) -> None:
     """The services' real inbox/outbox tables (common migrations) plus one row per connection."""
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn, settings)
     try:
         await migrate(conn, "bench")  # no "bench" folder: applies exactly the common migrations
         await conn.execute("CREATE TABLE bench_rows (id int PRIMARY KEY, n bigint NOT NULL)")
@@ -383,8 +384,9 @@ async def _prepare_scratch(dsn: str, connections: int) -> None:
         await conn.close()
 
 
-async def _step_rate(dsn: str, seconds: float, connections: int, batch: int) -> float:
-    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+async def _step_rate(dsn: str, settings: Settings, seconds: float, connections: int,
+                     batch: int) -> float:
+    conns = [await connect(dsn, settings) for _ in range(connections)]
     try:
         deadline = time.monotonic() + seconds
         started = time.monotonic()

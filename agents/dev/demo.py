@@ -14,8 +14,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
-
 from agents.dev.catalogue import REGULAR_SKUS, SCARCE_SKU, SOLD_OUT_SKU, price_of
 from agents.dev.stack import Stack
 from agents.messaging.client import OrderClient
@@ -23,6 +21,7 @@ from agents.ops.audit import audit
 from config import Settings
 from schemas.codec import new_envelope
 from schemas.oms_pb2 import Envelope, OrderLine, PlaceOrder
+from stores.db import connect
 
 
 def demo_order(i: int, settings: Settings, producer: str = "client") -> Envelope:
@@ -81,7 +80,7 @@ async def wait_terminal(
     loop) ends the wait at once.
     """
     deadline = time.monotonic() + timeout_s
-    conn = await asyncpg.connect(settings.dsn("orders"))
+    conn = await connect(settings.dsn("orders"), settings)
     try:
         while True:
             done = await conn.fetchval(
@@ -99,7 +98,7 @@ async def wait_terminal(
 
 async def latencies_ms(settings: Settings, order_ids: list[str]) -> list[float]:
     """Placement to terminal state per order, from the orders database."""
-    conn = await asyncpg.connect(settings.dsn("orders"))
+    conn = await connect(settings.dsn("orders"), settings)
     try:
         rows = await conn.fetch(
             "SELECT extract(epoch FROM updated_at - placed_at) * 1000 AS ms FROM orders"

@@ -2,9 +2,10 @@
 
 Decode, apply the step with retries, dead-letter what cannot be applied, time
 and count it. Faust acknowledges a message even when the agent raises, so no
-exception may escape :meth:`ServiceConsumer.process_batch`: transient failures
-are retried before the offset can move, permanent ones go to the dead-letter
-topic.
+exception may escape :meth:`ServiceConsumer.process_batch`: input that is itself
+bad (:data:`~agents.messaging.errors.BAD_INPUT_ERRORS`) goes to the dead-letter
+topic, and every other failure is retried with backoff before the offset can
+move, counted in ``oms_step_retries_total`` and shown by ``/ready/``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from faust.types import AppT
 from faust.types.tuples import Message
 
 from agents.messaging.dead_letters import DeadLetters
-from agents.messaging.errors import TRANSIENT_ERRORS, InvalidEvent
+from agents.messaging.errors import BAD_INPUT_ERRORS, TRANSIENT_ERRORS, InvalidEvent
 from agents.messaging.relay import OutboxRelay
 from agents.messaging.retry import Backoff
 from agents.messaging.unit_of_work import Handler, StepResult, apply_steps
 from agents.observability import metrics, tracing
 from agents.topology import DEAD_LETTERS
 from config import Settings
-from schemas.codec import DecodeError, decode
+from schemas.codec import DecodeError, check_key, decode
 from schemas.oms_pb2 import Envelope
 from stores import messaging
 from stores.db import create_pool
@@ -60,14 +61,9 @@ class ServiceConsumer:
         self._step_conn: asyncpg.Connection | None = None
         self._handler: Handler | None = None
         self._started = asyncio.Lock()
-        self.relay = OutboxRelay(
-            settings.dsn(service),
-            service,
-            self._publish,
-            on_published=metrics.OUTBOX_PUBLISHED.labels(service).inc,
-            crash_after_batches=settings.fault_relay_crash_after_publish,
-            retention_s=settings.outbox_retention_s,
-        )
+        self._retrying_since: float | None = None  # a batch is failing and being retried
+        self.relay = OutboxRelay(settings, service, self._publish,
+                                 on_published=metrics.OUTBOX_PUBLISHED.labels(service).inc)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -84,13 +80,10 @@ class ServiceConsumer:
             backoff = Backoff(0.1)
             while True:
                 try:
-                    self._pool = await create_pool(
-                        self.settings.dsn(self.service),
-                        min_size=self.settings.pool_min_size,
-                        max_size=self.settings.pool_max_size,
-                    )
+                    self._pool = await create_pool(self.settings.dsn(self.service),
+                                                   self.settings)
                     break
-                except TRANSIENT_ERRORS as exc:
+                except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
                     log.warning("%s: database not reachable (%s), retrying", self.service, exc)
                     await backoff.wait()
             self._handler = self._handler_factory(self._pool)
@@ -98,7 +91,8 @@ class ServiceConsumer:
     async def process_batch(self, messages: list[Message]) -> None:
         """Apply a batch of Kafka messages in one transaction (one commit, one fsync).
 
-        Undecodable messages are dead-lettered first; events this service does
+        Undecodable messages, and those of the events it handles whose key is
+        not their order id, are dead-lettered first; events this service does
         not handle are skipped. Each event is still claimed in the inbox on its
         own, so duplicates inside or across batches are no-ops.
         """
@@ -108,8 +102,10 @@ class ServiceConsumer:
         for message in messages:
             try:
                 envelope = decode(message.value)
+                if envelope.type in self.handled:
+                    check_key(message.key, envelope)
             except DecodeError as exc:
-                await self.dead_letter(message, f"undecodable: {exc}")
+                await self.dead_letter(message, exc.reason)
                 self._count("unknown", "dead_letter")
                 continue
             if envelope.type not in self.handled:
@@ -129,7 +125,7 @@ class ServiceConsumer:
         """
         try:
             results = await self._apply_with_retry(work)
-        except Exception as exc:  # noqa: BLE001 - isolated below, then dead-lettered
+        except BAD_INPUT_ERRORS as exc:  # isolated below, then dead-lettered
             if len(work) > 1:
                 log.info("%s: batch of %d failed (%s); applying its events one by one",
                          self.service, len(work), type(exc).__name__)
@@ -145,32 +141,51 @@ class ServiceConsumer:
                 self._on_committed(step.emitted)
 
     async def _apply_with_retry(self, work: list[tuple[Envelope, Message]]) -> list[StepResult]:
-        """Retry transient failures (database restarts, killed backends) with backoff."""
+        """Apply ``work``, retrying every failure but bad input, with backoff, until it commits.
+
+        A failure that is not the input's fault (the database down, read-only
+        after a failover, out of disk; or a bug) must not turn valid events into
+        dead letters; it is retried, counted and logged, and after
+        ``step_stuck_after_s`` ``/ready/`` reports the consumer as stuck.
+        """
         assert self._handler is not None
         messages = {envelope.event_id: message for envelope, message in work}
         backoff = Backoff(0.05)
         while True:
             try:
                 conn = await self._step_connection()
-                return await apply_steps(
+                results = await apply_steps(
                     conn, [envelope for envelope, _ in work], self._handler,
                     self.out_topic, lambda envelope: self._handling(envelope, messages),
                     notify=not self.relay.is_leader,  # else handed over in-process
                 )
-            except TRANSIENT_ERRORS as exc:
-                await self._drop_step_connection()
-                metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
-                log.warning("%s: %s on a batch of %d, retrying in %.2fs", self.service,
-                            type(exc).__name__, len(work), backoff.delay)
-                await backoff.wait()
+            except BAD_INPUT_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - not the input's fault: counted, retried
+                await self._retry_later(exc, len(work), backoff)
+                continue
+            self._retrying_since = None
+            return results
+
+    async def _retry_later(self, exc: Exception, size: int, backoff: Backoff) -> None:
+        """Count and log a failed attempt, drop its connection, and wait before the next."""
+        await self._drop_step_connection()
+        metrics.STEP_RETRIES.labels(self.service, type(exc).__name__).inc()
+        first = self._retrying_since is None
+        if first:
+            self._retrying_since = time.monotonic()
+        log.warning("%s: %s on a batch of %d, retrying in %.2fs: %s", self.service,
+                    type(exc).__name__, size, backoff.delay, exc,
+                    exc_info=exc if first and not isinstance(exc, TRANSIENT_ERRORS) else None)
+        await backoff.wait()
 
     async def _step_connection(self) -> asyncpg.Connection:
         """The pooled connection the steps keep between batches.
 
         Batches run one after another, so one connection serves them all; keeping
-        it saves the pool's reset round trip on every release. It goes back to
-        the pool (whose reset then checks it) after a failure, or when a batch
-        was interrupted and left it closed or inside its transaction.
+        it saves the pool's reset round trip on every release. It is dropped
+        after a failure, or when a batch was interrupted and left it closed or
+        inside its transaction.
         """
         conn = self._step_conn
         if conn is not None and (conn.is_closed() or conn.is_in_transaction()):
@@ -180,14 +195,21 @@ class ServiceConsumer:
         return self._step_conn
 
     async def _drop_step_connection(self) -> None:
-        """Give the connection back after a failure; the pool's reset drops a broken one."""
+        """End the kept connection after a failure, and renew the pool's others.
+
+        The connection is closed rather than reset: it may hang (half-open) or
+        carry a session the server no longer allows (read-only defaults after a
+        failover). Renewing the pool makes every connection reconnect once.
+        """
         conn, self._step_conn = self._step_conn, None
         if conn is None:
             return
         try:
+            conn.terminate()
             await self.pool.release(conn)
-        except (*TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:  # release terminated it
+        except asyncpg.InterfaceError as exc:  # the pool took it back when its backend died
             log.info("%s: dropped a broken step connection (%s)", self.service, exc)
+        await self.pool.expire_connections()
 
     @contextmanager
     def _handling(
@@ -209,8 +231,7 @@ class ServiceConsumer:
         if isinstance(exc, InvalidEvent):
             reason = f"invalid {envelope.type}: {exc}"
         else:
-            log.error("%s: handler failed on %s", self.service, envelope.type, exc_info=exc)
-            reason = f"handler error: {type(exc).__name__}: {exc}"
+            reason = f"rejected by the database: {envelope.type}: {type(exc).__name__}: {exc}"
         await self.dead_letter(message, reason)
         self._count(envelope.type, "dead_letter")
 
@@ -240,7 +261,15 @@ class ServiceConsumer:
         return {
             "database_pool": self._pool is not None,
             "outbox_relay_connected": self.relay.connected,
+            "outbox_relay_publishing": not self.relay.publish_failing,
+            "dead_letters_publishing": not self.dead_letters.failing,
+            "step_not_stuck": not self.stuck(),
         }
+
+    def stuck(self) -> bool:
+        """True while one batch has been failing for longer than ``step_stuck_after_s``."""
+        since = self._retrying_since
+        return since is not None and time.monotonic() - since >= self.settings.step_stuck_after_s
 
     async def outbox_backlog(self) -> int:
         """Unpublished outbox rows (also exported as a gauge)."""

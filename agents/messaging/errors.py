@@ -1,9 +1,11 @@
-"""How a step's failure is classified: bad input (dead letter) or a passing fault (retry).
+"""How a step's failure is classified: bad input (dead letter) or anything else (retry).
 
-A business step raises :class:`InvalidEvent` for content it cannot apply; the
-consumer dead-letters that event. Errors in :data:`TRANSIENT_ERRORS` clear by
-themselves, so the consumer retries the batch with backoff before any offset
-moves.
+Only input that is itself bad is dead-lettered: :class:`InvalidEvent` (a
+business step refuses the content) and the PostgreSQL errors that the
+event's content causes (:data:`BAD_INPUT_ERRORS`). Every other failure, known
+or not (a database restarting or read-only after a failover, a full disk, a
+bug), is retried with backoff before any offset moves: dead-lettering valid
+events because a dependency failed would lose them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,14 @@ import asyncpg
 class InvalidEvent(Exception):
     """A well-formed envelope whose content the service cannot apply (dead letter)."""
 
+
+BAD_INPUT_ERRORS: tuple[type[Exception], ...] = (
+    InvalidEvent,
+    asyncpg.DataError,  # class 22: a value out of range, malformed text, too long
+    asyncpg.IntegrityConstraintViolationError,  # class 23: check, not null, foreign key
+    asyncpg.ProgramLimitExceededError,  # class 54: e.g. a row too large to index
+)
+"""Failures caused by the event's own content: retrying cannot help, so it is dead-lettered."""
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -31,4 +41,4 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # ("cannot switch to state ..."); a fresh pooled connection works.
     asyncpg.InternalClientError,
 )
-"""Failures that go away by themselves: database restarts, killed backends, conflicts."""
+"""Connection-level failures that go away by themselves (opening the pool retries these)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import TopicAlreadyExistsError
@@ -27,6 +28,34 @@ from schemas.oms_pb2 import Envelope
 
 Send = Callable[[str, bytes, bytes, tracing.KafkaHeaders], Awaitable[object]]
 """Send one record: (topic, key, value, headers) -> awaitable."""
+
+
+PERMANENT_SEND_ERRORS: tuple[type[kafka_errors.KafkaError], ...] = (
+    kafka_errors.MessageSizeTooLargeError,  # the client's own size check, or the broker's
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.UnknownTopicOrPartitionError,  # raised only after the client waited for it
+    kafka_errors.CorruptRecordException,
+    kafka_errors.UnsupportedForMessageFormatError,
+    kafka_errors.PolicyViolationError,
+)
+"""Refusals of one record that no retry can change: the record must be set aside."""
+
+
+def permanent_send_error(exc: BaseException) -> kafka_errors.KafkaError | None:
+    """The error that refuses this record for good, if ``exc`` is (or wraps) one.
+
+    Faust's producer wraps the client's errors in its own ``ProducerSendError``
+    (``raise ... from``), so the cause chain is searched.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, PERMANENT_SEND_ERRORS):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def bootstrap(settings: Settings) -> str:

@@ -8,6 +8,14 @@ back; a NOTIFY from another worker's commit, a new leadership or the slow
 safety poll make it read the table instead. Published rows are marked sent in
 batches, at most ``mark_every_s`` late. A crash between publish and mark
 republishes a few records, which the consumers' inboxes absorb.
+
+A row the broker refuses for good (too large, unknown topic, not authorised)
+is parked: kept with its reason, counted, reported by ``oms check``, and the
+rows after it go on. A row that fails otherwise (the broker unreachable after
+the client's own retries) stays unsent and is read again after a backoff;
+rows behind it that the broker already took are not recalled, so such a
+failure can reorder that one row after them, as with any producer that is
+not idempotent.
 """
 
 from __future__ import annotations
@@ -21,14 +29,17 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
+from agents.messaging import kafka
 from agents.messaging.retry import Backoff
-from stores import messaging
-from stores.db import init_connection
+from agents.observability import metrics
+from config import Settings
+from stores import db, messaging
 
 log = logging.getLogger(__name__)
 
 HEALTHY_SESSION_S = 10.0
 PURGE_EVERY_S = 60.0
+PURGE_BATCH = 5000
 
 Publish = Callable[[messaging.OutboxMessage], Awaitable[Awaitable[object]]]
 """Schedule one record; the returned awaitable resolves once the broker acked it."""
@@ -39,7 +50,7 @@ class OutboxRelay:
 
     def __init__(
         self,
-        dsn: str,
+        settings: Settings,
         service: str,
         publish: Publish,
         *,
@@ -47,10 +58,10 @@ class OutboxRelay:
         safety_poll_s: float = 1.0,
         mark_every_s: float = 0.1,
         on_published: Callable[[int], None] | None = None,
-        crash_after_batches: int = 0,
-        retention_s: float = 3600.0,
     ) -> None:
-        self._dsn = dsn
+        self._settings = settings
+        self._dsn = settings.dsn(service)
+        self._service = service
         self._lock_key = zlib.crc32(f"oms-outbox-{service}".encode())
         self._publish = publish
         self._batch_size = batch_size
@@ -66,10 +77,12 @@ class OutboxRelay:
         self._unmarked_since = 0.0
         self.is_leader = False
         self.connected = False
-        self._crash_after = crash_after_batches  # test-only fault hook, 0 = off: _fault_point
+        self.publish_failing = False
+        """True while the last rows this relay tried to publish failed (and wait for a retry)."""
+        self._retry_backoff = Backoff(0.1)
+        self._crash_after = settings.fault_relay_crash_after_publish  # test-only: _fault_point
         self._batches = 0
-        self._retention_s = retention_s
-        self._purged_at = 0.0
+        self._purge_due = 0.0
 
     def committed(self, rows: Sequence[messaging.OutboxMessage]) -> None:
         """Rows a step of this process has just committed: publish them without a read.
@@ -97,9 +110,17 @@ class OutboxRelay:
                 await backoff.wait()
 
     async def _session(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
+        """One connection: stand by until the lock is ours, then publish until it fails.
+
+        The server ends the session once it has been silent for
+        ``relay_idle_timeout_s`` (this loop speaks at least every
+        ``safety_poll_s``), so a relay whose network path died gives the lock up
+        even if the server never hears of it; the relay itself notices through
+        the command timeout.
+        """
+        conn = await db.connect(self._dsn, self._settings,
+                                idle_session_timeout_s=self._settings.relay_idle_timeout_s)
         try:
-            await init_connection(conn)
             self.connected = True
             await conn.add_listener(messaging.OUTBOX_CHANNEL, self._on_notify)
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_key):
@@ -116,23 +137,32 @@ class OutboxRelay:
             await self._mark_on_stop(conn)
             raise
         finally:
-            self.is_leader = self.connected = False
+            self.is_leader = self.connected = self.publish_failing = False
             self._handed.clear()  # still unsent in the table: the next leader reads them
             self._unmarked.clear()  # republished by the next leader: a few duplicates
-            await conn.close()
+            conn.terminate()  # closing politely could wait forever on a dead path
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
         self._read_table = True
         self._wake.set()
 
     async def _maybe_purge(self, conn: asyncpg.Connection) -> None:
-        """Drop published rows past the retention, at most once a minute (bounded table)."""
-        if time.monotonic() - self._purged_at < PURGE_EVERY_S:
+        """Keep the outbox and the inbox bounded: drop rows past their retention.
+
+        Once a minute, a batch of each; while a batch comes back full, again
+        on the next pass of the loop, so a large backlog is trimmed between
+        publishes rather than in one long statement.
+        """
+        if time.monotonic() < self._purge_due:
             return
-        self._purged_at = time.monotonic()
-        purged = await messaging.purge(conn, self._retention_s)
-        if purged:
-            log.info("outbox relay purged %d published rows", purged)
+        settings = self._settings
+        outbox = await messaging.purge(conn, settings.outbox_retention_s, PURGE_BATCH)
+        inbox = await messaging.purge_inbox(conn, settings.inbox_retention_s, PURGE_BATCH)
+        more = PURGE_BATCH in (outbox, inbox)
+        self._purge_due = time.monotonic() + (0.0 if more else PURGE_EVERY_S)
+        if outbox or inbox:
+            log.info("%s: purged %d published outbox rows and %d inbox rows", self._service,
+                     outbox, inbox)
 
     def _until_due(self) -> float:
         """Seconds until the next safety read or mark deadline, whichever comes first."""
@@ -150,18 +180,77 @@ class OutboxRelay:
         self._wake.clear()
 
     async def _drain(self, conn: asyncpg.Connection) -> bool:
-        """Publish one batch; False when there was nothing to publish."""
+        """Publish one batch; False when there was nothing to publish.
+
+        A row the broker refuses for good is parked (kept, with its reason,
+        never published) and the rest go on. A row that failed otherwise stays
+        unsent: the table is read again after a backoff, in order.
+        """
         batch = await self._next_batch(conn)
         if not batch:
             return False
-        acks = [await self._publish(message) for message in batch]
-        await asyncio.gather(*acks)
+        failures = await self._send(batch)
         self._fault_point(batch)
-        if not self._unmarked:
+        published = [m.id for m in batch if m.id not in failures]
+        if published and not self._unmarked:
             self._unmarked_since = time.monotonic()
-        self._unmarked.extend(m.id for m in batch)
-        self._on_published(len(batch))
+        self._unmarked.extend(published)
+        self._on_published(len(published))
+        retry = []
+        for message in (m for m in batch if m.id in failures):
+            if not await self._parked(conn, message, failures[message.id]):
+                retry.append(message)
+        if retry:
+            await self._retry_later(retry, failures)
+        else:
+            self.publish_failing = False
+            self._retry_backoff.reset()
         return True
+
+    async def _send(self, batch: list[messaging.OutboxMessage]) -> dict[int, Exception]:
+        """Publish every row of ``batch``; the errors of those that failed, by row id."""
+        acks: dict[int, Awaitable[object]] = {}
+        failures: dict[int, Exception] = {}
+        for message in batch:
+            try:
+                acks[message.id] = await self._publish(message)
+            except Exception as exc:  # noqa: BLE001 - classified by the caller: park or retry
+                failures[message.id] = exc
+        results = await asyncio.gather(*acks.values(), return_exceptions=True)
+        for row_id, result in zip(acks, results, strict=True):
+            if isinstance(result, Exception):
+                failures[row_id] = result
+            elif isinstance(result, BaseException):
+                raise result  # cancelled: the relay is stopping
+        return failures
+
+    async def _parked(self, conn: asyncpg.Connection, message: messaging.OutboxMessage,
+                      exc: Exception) -> bool:
+        """Park ``message`` if the broker refused it for good; False if it is worth a retry."""
+        refusal = kafka.permanent_send_error(exc)
+        if refusal is None:
+            return False
+        reason = f"{type(refusal).__name__}: {refusal}"
+        await messaging.park(conn, message.id, reason)
+        metrics.OUTBOX_PARKED.labels(self._service).inc()
+        log.error("%s: outbox row %d (%s, key %r, %d bytes) parked, the broker refuses it: %s",
+                  self._service, message.id, message.topic, message.key[:64],
+                  len(message.value), reason)
+        return True
+
+    async def _retry_later(self, rows: list[messaging.OutboxMessage],
+                           failures: dict[int, Exception]) -> None:
+        """Count the rows that failed for now, then wait and read them again from the table."""
+        for message in rows:
+            metrics.OUTBOX_PUBLISH_RETRIES.labels(
+                self._service, type(failures[message.id]).__name__).inc()
+        first = failures[rows[0].id]
+        log.warning("%s: %d outbox rows not published (%s: %s); retrying in %.1fs",
+                    self._service, len(rows), type(first).__name__, first,
+                    self._retry_backoff.delay)
+        self.publish_failing = True
+        self._read_table = True
+        await self._retry_backoff.wait()
 
     async def _next_batch(self, conn: asyncpg.Connection) -> list[messaging.OutboxMessage]:
         """Rows handed over in memory or, when others may wait, the oldest unsent ones.
@@ -172,6 +261,12 @@ class OutboxRelay:
         returns: :meth:`committed` and this drop them from the hand-over, so
         each is published once here. Published rows are marked first, so the
         read does not return them again.
+
+        A NOTIFY that reaches us while the read is in flight cannot be lost by
+        resetting ``_read_table`` after it: PostgreSQL delivers notifications
+        only between transactions, so one that arrives before the read's result
+        was sent before the read began, and its rows are in the read; one for a
+        later commit arrives after the result and sets the flag again.
         """
         if self._read_table or time.monotonic() - self._read_at >= self._safety_poll_s:
             await self._mark(conn)

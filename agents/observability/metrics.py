@@ -42,11 +42,22 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
 EVENTS = Counter("oms_events", "Events consumed, by result", ["service", "event_type", "result"])
-STEP_RETRIES = Counter("oms_step_retries", "Transient step failures retried", ["service", "error"])
+STEP_RETRIES = Counter("oms_step_retries", "Step failures retried (anything but bad input)",
+                       ["service", "error"])
 DEAD_LETTERS = Counter("oms_dead_letters", "Messages sent to the dead-letter topic",
                        ["service", "reason"])
+DEAD_LETTERS_TRUNCATED = Counter("oms_dead_letters_truncated",
+                                 "Dead letters the broker refused whole, published truncated",
+                                 ["service"])
+DEAD_LETTER_PUBLISH_RETRIES = Counter("oms_dead_letter_publish_retries",
+                                      "Failed dead-letter publishes, retried", ["service", "error"])
 OUTBOX_BACKLOG = Gauge("oms_outbox_backlog", "Outbox rows not yet published", ["service"])
 OUTBOX_PUBLISHED = Counter("oms_outbox_published", "Outbox rows published", ["service"])
+OUTBOX_PARKED = Counter("oms_outbox_parked", "Outbox rows the broker refused for good, set aside",
+                        ["service"])
+OUTBOX_PUBLISH_RETRIES = Counter("oms_outbox_publish_retries",
+                                 "Outbox rows whose publish failed and will be retried",
+                                 ["service", "error"])
 CONSUMER_LAG = Gauge("oms_consumer_lag", "End offset minus committed position",
                      ["service", "topic", "partition"])
 GATEWAY_CALLS = Counter("oms_gateway_calls", "Payment gateway calls by result",

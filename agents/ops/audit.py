@@ -19,7 +19,8 @@ import asyncpg
 
 from config import Settings
 from schemas.codec import DecodeError, decode
-from stores.db import init_connection
+from stores import messaging
+from stores.db import connect
 
 
 @dataclass
@@ -59,10 +60,9 @@ async def audit(
     settings: Settings, *, settle_grace_s: float = 10.0, tracker_urls: tuple[str, ...] = ()
 ) -> AuditReport:
     """Read the three databases (and the trackers at ``tracker_urls``); check every invariant."""
-    conns = {s: await asyncpg.connect(settings.dsn(s)) for s in ("orders", "inventory", "payments")}
+    conns = {s: await connect(settings.dsn(s), settings)
+             for s in ("orders", "inventory", "payments")}
     try:
-        for conn in conns.values():
-            await init_connection(conn)
         orders = {str(r["order_id"]): r for r in await conns["orders"].fetch(
             "SELECT order_id, status, amount_cents, placed_at,"
             " extract(epoch FROM now() - updated_at) AS settled_s,"
@@ -82,6 +82,7 @@ async def audit(
             await _stock_conserved(conns["inventory"]),
             _no_double_charge(ctx),
             await _no_double_apply(conns),
+            await parked_outbox_rows(conns),
         ]
     finally:
         for conn in conns.values():
@@ -264,4 +265,15 @@ async def _no_double_apply(conns: dict[str, asyncpg.Connection]) -> Invariant:
             seen[(envelope.order_id, envelope.type)] += 1
         inv.violations += [f"{service}: {t} emitted {n} times for {o}"
                            for (o, t), n in seen.items() if n > 1]
+    return inv
+
+
+async def parked_outbox_rows(conns: dict[str, asyncpg.Connection]) -> Invariant:
+    """No outbox row is parked: each is an event the broker refused and no consumer got."""
+    inv = Invariant("no outbox row parked (refused by the broker for good)")
+    for service, conn in conns.items():
+        inv.violations += [
+            f"{service} outbox row {r['id']} ({r['topic']}, {r['size']} bytes) parked at"
+            f" {r['parked_at']:%Y-%m-%d %H:%M:%S}: {r['park_reason']}"
+            for r in await messaging.parked(conn)]
     return inv

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import asyncpg
-
 from agents.messaging import kafka
 from agents.topology import TOPICS
 from config import Settings
 from config.settings import DATABASE_SERVICES
 from stores import inventory
-from stores.db import prepare_database
+from stores.db import connect, prepare_database
 from stores.migrate import check_database_name
 
 Catalogue = Mapping[str, tuple[int, int]]
@@ -28,7 +26,7 @@ async def init_system(settings: Settings, catalogue: Catalogue | None = None) ->
     migrations = {s: await prepare_database(settings, s) for s in DATABASE_SERVICES}
     seeded = 0
     if catalogue is not None:
-        conn = await asyncpg.connect(settings.dsn("inventory"))
+        conn = await connect(settings.dsn("inventory"), settings)
         try:
             seeded = await inventory.seed(conn, catalogue)
         finally:
@@ -44,7 +42,7 @@ async def create_topics(settings: Settings) -> list[str]:
 
 async def drop_databases(settings: Settings) -> None:
     """Drop the service databases (embedded runs only: the in-memory broker forgets too)."""
-    conn = await asyncpg.connect(settings.database_dsn("postgres"))
+    conn = await connect(settings.database_dsn("postgres"), settings)
     try:
         for service in DATABASE_SERVICES:
             name = check_database_name(settings.database_name(service))

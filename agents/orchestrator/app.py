@@ -35,7 +35,9 @@ def build(settings: Settings) -> faust.App:
 
     app.agent(topic, name="oms-orchestrator.track")(track)
     app.timer(interval=1.0)(tracker.tick)
-    add_health_views(app, SERVICE, lambda: {"table_recovered": _recovered(app)})
+    add_health_views(app, SERVICE, lambda: {
+        "table_recovered": _recovered(app),
+        "dead_letters_publishing": not tracker.dead_letters.failing})
     add_tracker_views(app, tracker)
     add_dead_letter_views(app, settings)
     return app

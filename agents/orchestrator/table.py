@@ -22,7 +22,7 @@ from agents.observability import metrics, tracing
 from agents.orchestrator.saga import RUNNING, Saga, expired, overdue, transition
 from agents.topology import DEAD_LETTERS, ORDER_COMMANDS, SAGA_EVENTS
 from config import Settings
-from schemas.codec import DecodeError, decode, new_envelope
+from schemas.codec import DecodeError, check_key, decode, new_envelope
 from schemas.oms_pb2 import Envelope, SagaTimedOut
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,9 @@ class SagaTracker:
         for message in messages:
             try:
                 envelope = decode(message.value)
+                check_key(message.key, envelope)
             except DecodeError as exc:
-                await self._dead_letter(message, f"undecodable: {exc}")
+                await self._dead_letter(message, exc.reason)
                 continue
             with tracing.consuming(SERVICE, envelope, message.topic, message.headers,
                                    message.partition, message.offset):

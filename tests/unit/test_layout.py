@@ -16,6 +16,7 @@ from config.settings import DATABASE_SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_PACKAGES = ("agents.orders", "agents.inventory", "agents.payments", "agents.orchestrator")
+PG_CLIENTS = {("asyncpg", "connect"), ("asyncpg", "create_pool")}
 KAFKA_CLIENTS = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "AIOKafkaClient"}
 
 
@@ -89,6 +90,20 @@ def test_every_kafka_client_is_built_by_the_factory() -> None:
                 name = getattr(node.func, "id", getattr(node.func, "attr", ""))
                 where = f"{path.relative_to(ROOT)}:{node.lineno}"
                 assert name not in KAFKA_CLIENTS, f"{where} builds {name}; use messaging.kafka"
+
+
+def test_every_postgresql_connection_is_built_by_the_factory() -> None:
+    """stores/db.py applies the timeouts and keepalives; a connection made elsewhere has none."""
+    factory = ROOT / "stores/db.py"
+    for path in [*modules("agents"), *modules("stores")]:
+        if path == factory:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = getattr(node.func.value, "id", "")
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                assert (owner, node.func.attr) not in PG_CLIENTS, \
+                    f"{where} calls asyncpg.{node.func.attr}; use stores.db"
 
 
 def test_every_package_says_what_lives_there_and_what_it_may_import() -> None:

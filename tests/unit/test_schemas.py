@@ -78,6 +78,27 @@ def test_bad_bytes_raise_decode_error_with_reason(data: bytes, reason: str) -> N
         codec.decode(data)
 
 
+def test_ids_in_another_form_are_made_canonical() -> None:
+    """Upper-case, braced or unhyphenated UUIDs name the same order and event everywhere."""
+    event_id = "5F0E3C1A-2B4D-4E6F-8A9B-0C1D2E3F4A5B"
+    upper = Envelope(event_id=event_id, order_id="{" + ORDER_ID.upper() + "}",
+                     type="PlaceOrder", place_order=PlaceOrder())
+    decoded = codec.decode(upper.SerializeToString())
+    assert decoded.order_id == ORDER_ID
+    assert decoded.event_id == event_id.lower()
+    codec.check_key(ORDER_ID.encode(), decoded)  # the canonical key is the order id
+
+
+@pytest.mark.parametrize("key", [ORDER_ID.upper().encode(), b"other", None])
+def test_a_key_that_is_not_the_canonical_order_id_says_what_to_send(key: bytes | None) -> None:
+    """The key chooses the partition: in any other form the order's events would split."""
+    envelope = codec.decode(codec.encode(codec.new_envelope(ORDER_ID, PlaceOrder(),
+                                                            producer="t")))
+    with pytest.raises(codec.WrongKey, match=f"send key = order_id .*{ORDER_ID}") as err:
+        codec.check_key(key, envelope)
+    assert err.value.reason.startswith("wrong key: ")
+
+
 def test_faust_codec_is_registered() -> None:
     from faust.serializers import codecs
 

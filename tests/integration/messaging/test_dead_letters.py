@@ -24,7 +24,7 @@ from agents.orders.intake import LineRequest, PlaceOrderRequest
 from schemas.codec import encode, new_envelope
 from schemas.oms_pb2 import InventoryReserved, OrderCreated, OrderLine, PlaceOrder
 from tests.conftest import make_settings, running_stack
-from tests.helpers import eventually
+from tests.helpers import eventually, query
 
 pytestmark = pytest.mark.integration
 READERS = {  # topic -> services that consume it
@@ -105,11 +105,12 @@ async def poisoned(stack: Stack) -> tuple[list[Sent], dict[str, float]]:
                 (b"\xff\xfe not protobuf", readers), (b"", readers)]
             for make in (mismatched, unknown_type):
                 kinds.append((make(str(uuid.uuid4())), readers))
-            bad = invalid(topic, str(uuid.uuid4()))
+            order_id = str(uuid.uuid4())
+            bad = invalid(topic, order_id)  # keyed by its order id: refused for its content
             if bad:
                 kinds.append((bad[0], (bad[1],)))
             for value, services in kinds:
-                key = str(uuid.uuid4()).encode()
+                key = (order_id if bad and value == bad[0] else str(uuid.uuid4())).encode()
                 meta = await producer.send_and_wait(stack.settings.topic(topic), value, key=key,
                                                     headers=[("x-test", b"kept")])
                 sent.append(Sent(meta.topic, meta.partition, meta.offset, key, value, services))
@@ -157,6 +158,108 @@ async def test_services_stay_up_and_process_later_orders(
     for service in READERS["order-events"] + ("orders",):
         wanted = sum(1 for s in sent if service in s.services)
         assert after[service] - before.get(service, 0) >= wanted, (service, before, after)
+
+
+async def test_upper_case_ids_confirm_the_order_and_a_key_in_another_form_is_refused(
+    stack: Stack
+) -> None:
+    """No input is dropped silently: ids are made canonical, or the record says what to send.
+
+    The key picks the partition, so only ids inside the envelope can be made
+    canonical; a key in another form is dead-lettered by every reader with the
+    key to send instead.
+    """
+    sku = REGULAR_SKUS[3]
+    body = PlaceOrder(customer_id="upper", payment_token="tok_visa",
+                      lines=[OrderLine(sku=sku, quantity=1, unit_price_cents=price_of(sku))])
+    upper, misrouted = str(uuid.uuid4()), str(uuid.uuid4())
+    async with OrderClient(stack.settings) as client:
+        for order_id, key in ((upper, upper), (misrouted, misrouted.upper())):
+            env = new_envelope(order_id.upper(), body, producer="another-language")
+            env.event_id = env.event_id.upper()
+            await client.send_raw(stack.settings.topic("order-commands"), key.encode(),
+                                  encode(env))
+    assert await wait_terminal(stack.settings, [upper], 60) == 0
+    rows = await query(stack.settings, "orders", "SELECT status FROM orders WHERE order_id = $1",
+                       uuid.UUID(upper))
+    assert [r["status"] for r in rows] == ["CONFIRMED"]
+    letters = await eventually(
+        lambda: deadletters.dead_letters(stack.settings, deadletters.Filters(
+            reason_contains=f"send key = order_id ({misrouted})")),
+        lambda found: len(found) >= 2, 60, "wrong-key dead letters")
+    assert {x.service for x in letters} == {"orders", "orchestrator"}
+    assert all(x.key == misrouted.upper().encode() for x in letters)
+    assert await query(stack.settings, "orders", "SELECT 1 FROM orders WHERE order_id = $1",
+                       uuid.UUID(misrouted)) == []
+
+
+async def test_a_record_too_large_to_dead_letter_whole_is_truncated_and_later_orders_finish(
+    stack: Stack
+) -> None:
+    """The producer accepted it, but the dead letter (it plus our headers) is too large.
+
+    It must not be retried forever, stalling the partition for orders and the
+    tracker: it is parked with a prefix of its value and says so.
+    """
+    order_id = str(uuid.uuid4())
+    garbage = b"\xff\xfe not protobuf" + b"x" * 1_040_000
+    sku = REGULAR_SKUS[4]
+    async with OrderClient(stack.settings) as client:
+        await client.send_raw(stack.settings.topic("order-commands"), order_id.encode(), garbage)
+        await client.place(PlaceOrderRequest(  # same key, so behind it on the same partition
+            order_id=uuid.UUID(order_id), customer_id="after-a-huge-one",
+            payment_token="tok_visa",
+            lines=[LineRequest(sku=sku, quantity=1, unit_price_cents=price_of(sku))]))
+    assert await wait_terminal(stack.settings, [order_id], 60) == 0
+    letters = await eventually(
+        lambda: deadletters.dead_letters(stack.settings, deadletters.Filters(
+            topic="order-commands", reason_contains="undecodable")),
+        lambda found: len([x for x in found if x.key == order_id.encode()]) >= 2, 60,
+        "truncated dead letters")
+    mine = [x for x in letters if x.key == order_id.encode()]
+    assert {x.service for x in mine} == {"orders", "orchestrator"}
+    for letter in mine:
+        assert letter.value == garbage[:len(letter.value)] and len(letter.value) < len(garbage)
+        assert letter.header("original-size") == str(len(garbage))
+        assert "truncated" in letter.header("truncated")
+    async with aiohttp.ClientSession() as http:
+        for names in stack.workers.values():
+            async with http.get(stack.web_url(names[0]) + "/ready/") as resp:
+                assert resp.status == 200, (names[0], await resp.text())
+
+
+async def test_an_order_whose_next_event_is_too_large_to_publish_stops_nothing(
+    stack: Stack
+) -> None:
+    """A PlaceOrder the client's producer accepts (about 1 MB) whose OrderCreated is larger.
+
+    Whether the orders service refuses it as invalid (a dead letter) or applies
+    it and the broker refuses its OrderCreated (a parked outbox row), the
+    worker stays up, the order is accounted for, and the next order behind it
+    completes.
+    """
+    big, after = str(uuid.uuid4()), str(uuid.uuid4())
+    sku = REGULAR_SKUS[5]
+    line = [OrderLine(sku=sku, quantity=1, unit_price_cents=price_of(sku))]
+    huge = PlaceOrder(customer_id="c" * 1_000_000, payment_token="tok_visa", lines=line)
+    async with OrderClient(stack.settings) as client:
+        await client.send(new_envelope(big, huge, producer="t"))
+        await client.send(new_envelope(after, PlaceOrder(customer_id="next", lines=line,
+                                                         payment_token="tok_visa"),
+                                       producer="t"))
+    assert await wait_terminal(stack.settings, [after], 60, stack.all_running) == 0
+    assert stack.all_running()
+
+    async def accounted_for() -> list[str]:
+        parked = await query(stack.settings, "orders", "SELECT park_reason FROM outbox"
+                             " WHERE key = $1 AND parked_at IS NOT NULL", big.encode())
+        letters = await deadletters.dead_letters(
+            stack.settings, deadletters.Filters(service="orders", topic="order-commands"))
+        return ([r["park_reason"] for r in parked]
+                + [x.reason for x in letters if x.key == big.encode()])
+
+    [why] = await eventually(accounted_for, bool, 30, "the big order parked or dead-lettered")
+    assert "TooLarge" in why or why.startswith("invalid PlaceOrder"), why
 
 
 async def test_redrive_reproduces_once_and_the_list_cli(stack: Stack) -> None:

@@ -18,6 +18,8 @@ import pytest
 from agents.dev.demo import place_orders, settled_audit, wait_terminal
 from agents.dev.stack import Stack, settings_env, start_stack
 from agents.ops.audit import audit
+from schemas.codec import encode, new_envelope
+from schemas.oms_pb2 import PaymentFailed
 from tests.conftest import drop_test_databases, make_settings
 from tests.helpers import query
 
@@ -30,6 +32,7 @@ INVARIANTS = {
     "stock": "per SKU",
     "double_charge": "no order is charged twice",
     "double_apply": "no event applied twice",
+    "parked": "no outbox row parked",
     "tracker": "tracker:",
 }
 
@@ -163,6 +166,24 @@ async def test_duplicated_outbox_event(stack: Stack) -> None:
         await assert_only_failing(stack, "double_apply")
     finally:
         await one(stack, "orders", "DELETE FROM outbox WHERE id = $1", copy)
+
+
+async def test_parked_outbox_row(stack: Stack) -> None:
+    """A row the broker refused for good is an event nobody got: a violation, with why."""
+    order_id = str(uuid.uuid4())
+    value = encode(new_envelope(order_id, PaymentFailed(reason="x"), producer="payments"))
+    parked = await one(stack, "payments",
+                       "INSERT INTO outbox (topic, key, value, headers, parked_at, park_reason)"
+                       " VALUES ('oms.payment-events', $1, $2, '{}', now(),"
+                       " 'MessageSizeTooLargeError: too large') RETURNING id",
+                       order_id.encode(), value)
+    try:
+        await assert_only_failing(stack, "parked")
+        _, lines, _ = await oms_check(stack)
+        assert any(f"payments outbox row {parked}" in x and "MessageSizeTooLargeError" in x
+                   for x in lines), lines
+    finally:
+        await one(stack, "payments", "DELETE FROM outbox WHERE id = $1", parked)
 
 
 async def test_audit_api_matches_the_cli(stack: Stack) -> None:
