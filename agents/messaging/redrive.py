@@ -92,6 +92,11 @@ class DeadLetter:
         return self.header("topic")
 
     @property
+    def truncated(self) -> str:
+        """Why the letter holds only part of the original ('' when it is whole)."""
+        return self.header("truncated")
+
+    @property
     def ledger_key(self) -> bytes:
         return f"{self.partition}:{self.offset}".encode()
 
@@ -106,7 +111,7 @@ class DeadLetter:
             "source_topic": self.source_topic,
             "source_partition": _int_or_none(self.header("partition")),
             "source_offset": _int_or_none(self.header("offset")),
-            "reason": self.reason,
+            "reason": self.reason, "truncated": self.truncated or None,
             "key": self.key.decode(errors="replace") if self.key is not None else None,
             "value_size": len(value), "value_hex": value[:PREVIEW_BYTES].hex(),
         }
@@ -258,9 +263,12 @@ async def redrive(settings: Settings, filters: Filters, *, dry_run: bool = False
                 break
             if letter.ledger_key not in done:
                 letters.append(letter)
-    todo = [x for x in letters if x.source_topic]
+    todo = [x for x in letters if x.source_topic and not x.truncated]
+    skipped = [{**x.as_json(), "redriven": False,
+                "skipped": f"{x.truncated}: only a prefix was kept; produce the original again"}
+               for x in letters if x.truncated]
     if dry_run or not todo:
-        return [{**x.as_json(), "redriven": False} for x in todo]
+        return [{**x.as_json(), "redriven": False} for x in todo] + skipped
     await _ensure_ledger(settings)
     producer = kafka.producer(settings, acks="all")
     await producer.start()
@@ -271,7 +279,7 @@ async def redrive(settings: Settings, filters: Filters, *, dry_run: bool = False
             await producer.send_and_wait(settings.topic(LEDGER), b"", key=letter.ledger_key)
     finally:
         await producer.stop()
-    return [{**x.as_json(), "redriven": True} for x in todo]
+    return [{**x.as_json(), "redriven": True} for x in todo] + skipped
 
 
 async def _ensure_ledger(settings: Settings) -> None:

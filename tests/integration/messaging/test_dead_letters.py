@@ -300,3 +300,22 @@ async def cli(stack: Stack, *args: str) -> list[dict[str, object]]:
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+
+
+async def test_a_truncated_dead_letter_is_never_redriven(stack: Stack) -> None:
+    """Its value is only a prefix of the original: re-producing it would send a broken record."""
+    order_id = str(uuid.uuid4())
+    headers = [("oms-dlq-reason", b"undecodable: simulated"), ("oms-dlq-service", b"orders"),
+               ("oms-dlq-topic", b"oms.order-commands"), ("oms-dlq-partition", b"0"),
+               ("oms-dlq-offset", b"0"),
+               ("oms-dlq-truncated", b"truncated (MessageSizeTooLargeError): value"),
+               ("oms-dlq-original-size", b"2000000")]
+    async with OrderClient(stack.settings) as client:
+        await client._producer.send_and_wait(stack.settings.topic("dead-letters"), b"\xff" * 10,
+                                             key=order_id.encode(), headers=headers)
+    only = deadletters.Filters(reason_contains="undecodable: simulated")
+    [skipped] = await deadletters.redrive(stack.settings, only)
+    assert skipped["redriven"] is False and "truncated" in skipped["skipped"]
+    assert order_id.encode() not in {
+        r.key for r in await deadletters.read_topic(stack.settings,
+                                                    stack.settings.topic("order-commands"))}
