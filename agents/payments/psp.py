@@ -3,7 +3,8 @@
 The simulator keeps its own ledger (``psp_charges``) and commits it on its own
 connection, outside the saga step's transaction, exactly as a remote PSP would:
 a crash after the charge and before the step commits leaves a capture that the
-redelivered step finds again through the idempotency key.
+redelivered step finds again through the idempotency key. It also logs every
+request it receives (``psp_requests``), so tests can count how often it was asked.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class SimulatedGateway:
         """Capture unless the token declines; the hanging token never answers in time,
         the slow one answers (and captures) late."""
         if token == self._timeout_token:
+            await self._log(idempotency_key, "charge")
             await asyncio.sleep(self._timeout_s)
             raise GatewayTimeout(f"PSP did not answer within {self._timeout_s}s")
         delay = self._slow_s if token == self._slow_token else self._latency_s
@@ -79,7 +81,9 @@ class SimulatedGateway:
         status = "DECLINED" if token == self._decline_token else "CAPTURED"
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "INSERT INTO psp_charges (idempotency_key, charge_id, amount_cents, status)"
+                "WITH logged AS (INSERT INTO psp_requests (idempotency_key, operation)"
+                " VALUES ($1, 'charge'))"
+                " INSERT INTO psp_charges (idempotency_key, charge_id, amount_cents, status)"
                 " VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key)"
                 " DO UPDATE SET idempotency_key = excluded.idempotency_key"
                 " RETURNING charge_id, status, amount_cents",
@@ -97,7 +101,9 @@ class SimulatedGateway:
         """Refund a capture, or leave a VOIDED mark that blocks any later capture."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "INSERT INTO psp_charges (idempotency_key, charge_id, amount_cents, status)"
+                "WITH logged AS (INSERT INTO psp_requests (idempotency_key, operation)"
+                " VALUES ($1, 'cancel'))"
+                " INSERT INTO psp_charges (idempotency_key, charge_id, amount_cents, status)"
                 " VALUES ($1, $2, 0, 'VOIDED') ON CONFLICT (idempotency_key) DO UPDATE"
                 " SET status = CASE WHEN psp_charges.status = 'CAPTURED' THEN 'REFUNDED'"
                 " ELSE psp_charges.status END, updated_at = now()"
@@ -109,3 +115,10 @@ class SimulatedGateway:
         if row["status"] != "REFUNDED":
             return None
         return Refund(str(row["charge_id"]), int(row["amount_cents"]))
+
+    async def _log(self, idempotency_key: str, operation: str) -> None:
+        """Log a request that changes nothing in the ledger (one that never answers)."""
+        async with self._pool.acquire() as conn:
+            await conn.execute("INSERT INTO psp_requests (idempotency_key, operation)"
+                               " VALUES ($1, $2)", idempotency_key, operation)
+
