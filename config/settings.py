@@ -129,13 +129,33 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="finished sagas stay in the tracker table this long"
     )
 
+    # --- Payment gateway -----------------------------------------------------
+    gateway_timeout_s: float = Field(
+        default=2.0, gt=0,
+        description="every PSP call's timeout; a charge not answered by then is recorded"
+        " UNKNOWN, and the saga deadline's cancel then voids or refunds it",
+    )
+    psp_max_in_flight: int = Field(
+        default=64, ge=1,
+        description="orders whose PSP calls one payments worker makes at once; a hung call"
+        " holds one of these and nobody else's order",
+    )
+    psp_lease_s: float = Field(
+        default=5.0, gt=0,
+        description="a payments worker renews the intents it works on; one not renewed for"
+        " this long (its worker died) is taken over by another, which asks the PSP what it"
+        " made of the request before charging",
+    )
+
     # --- Payment gateway simulator ----------------------------------------
     gateway_latency_ms: float = Field(default=2.0, ge=0)
     gateway_decline_token: str = "tok_decline"
-    gateway_timeout_token: str = "tok_timeout"
-    gateway_timeout_s: float = Field(default=2.0, gt=0)
+    gateway_timeout_token: str = Field(default="tok_timeout",
+                                       description="a charge the simulator never answers")
     gateway_slow_token: str = Field(
-        default="tok_slow", description="captures, but only after gateway_slow_ms (a late charge)"
+        default="tok_slow",
+        description="captures after gateway_slow_ms whether or not the caller still waits"
+        " (a late charge)",
     )
     gateway_slow_ms: float = Field(default=10_000.0, ge=0)
 

@@ -14,7 +14,11 @@ Two load shapes:
 
 Latency is client-observed: from just before producing ``PlaceOrder`` to the
 moment this process reads the order's ``OrderConfirmed``/``OrderCancelled``
-from ``oms.order-events`` with its own group-less consumer. Alongside it the
+from ``oms.order-events`` with its own group-less consumer. With
+``hung_every`` N, every N-th order pays with the gateway's hanging token (its
+saga ends at the tracker's deadline); the percentiles are then those of the
+other orders, which is what a hung provider must not slow down, and the hung
+orders are reported apart. Alongside it the
 run reports the PostgreSQL step rate of the same server (a micro-benchmark
 of the step transaction's shape), so the throughput reads as a fraction of
 the database limit, and CPU seconds and RSS per service process.
@@ -73,6 +77,12 @@ class BenchConfig:
     pg_seconds: float = 3.0
     pg_connections: int = 8
     progress_every_s: float = 2.0
+    hung_every: int = 0
+    """Order ``i`` with ``i % hung_every == 0`` pays with the hanging token; 0 = none."""
+
+    def hung(self, i: int) -> bool:
+        """Whether order ``i`` is one whose PSP call never answers."""
+        return self.hung_every > 0 and i % self.hung_every == 0
 
     def total_orders(self) -> int:
         """``orders``, else ``rate * duration``, else 1000."""
@@ -83,12 +93,17 @@ class BenchConfig:
         return 1000
 
 
-def bench_order(i: int, settings: Settings, mix: Mix) -> Envelope:
-    """Order ``i`` of the mix: the demo's (a quarter cancel) or regular SKUs that all succeed."""
+def bench_order(i: int, settings: Settings, mix: Mix, *, hung: bool = False) -> Envelope:
+    """Order ``i`` of the mix: the demo's (a quarter cancel) or regular SKUs that all succeed;
+    ``hung`` makes it pay with the token the gateway never answers."""
     if mix == "demo":
-        return demo_order(i, settings, producer="bench")
-    skus = [(REGULAR_SKUS[(i + j) % len(REGULAR_SKUS)], 1) for j in range(2)]
-    return place_order(skus, customer=f"bench-{i % 97}", producer="bench")
+        envelope = demo_order(i, settings, producer="bench")
+    else:
+        skus = [(REGULAR_SKUS[(i + j) % len(REGULAR_SKUS)], 1) for j in range(2)]
+        envelope = place_order(skus, customer=f"bench-{i % 97}", producer="bench")
+    if hung:
+        envelope.place_order.payment_token = settings.gateway_timeout_token
+    return envelope
 
 
 # --------------------------------------------------------------- tracking
@@ -102,6 +117,9 @@ class OrderWatch:
     window: asyncio.Semaphore | None = None
     sent_at: dict[str, float] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    hung: set[str] = field(default_factory=set)
+    """Orders whose PSP call never answers; their latencies go to ``hung_latencies_ms``."""
+    hung_latencies_ms: list[float] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL_EVENTS, 0))
     send_lag_ms: list[float] = field(default_factory=list)
     send_errors: int = 0
@@ -120,10 +138,12 @@ class OrderWatch:
     def finished(self) -> int:
         return len(self._finished)
 
-    def record_sent(self, order_id: str, at: float) -> None:
+    def record_sent(self, order_id: str, at: float, *, hung: bool = False) -> None:
         if not self.sent_at:
             self.first_sent = at
         self.sent_at[order_id] = at
+        if hung:
+            self.hung.add(order_id)
 
     def observe(self, key: bytes | None, value: bytes | None, at: float) -> None:
         """Count the first terminal event of one of our orders; ignore everything else."""
@@ -139,7 +159,8 @@ class OrderWatch:
             return
         self._finished.add(order_id)
         self.outcomes[envelope.type] += 1
-        self.latencies_ms.append((at - self.sent_at[order_id]) * 1000.0)
+        latencies = self.hung_latencies_ms if order_id in self.hung else self.latencies_ms
+        latencies.append((at - self.sent_at[order_id]) * 1000.0)
         self.last_seen = at
         if self.window is not None:
             self.window.release()
@@ -208,9 +229,9 @@ async def place_orders(producer: AIOKafkaProducer, settings: Settings, cfg: Benc
                 tracker.send_lag_ms.append(-delay * 1000.0)
         elif tracker.window is not None:
             await tracker.window.acquire()
-        envelope = bench_order(i, settings, cfg.mix)
+        envelope = bench_order(i, settings, cfg.mix, hung=cfg.hung(i))
         value, key = encode(envelope), envelope.order_id.encode()
-        tracker.record_sent(envelope.order_id, time.monotonic())
+        tracker.record_sent(envelope.order_id, time.monotonic(), hung=cfg.hung(i))
         delivery = await producer.send(topic, value, key=key)
         delivery.add_done_callback(tracker.on_delivery)
     await producer.flush()
@@ -478,7 +499,11 @@ async def _wait_done(tracker: OrderWatch, placer: asyncio.Task[None], stall_s: f
 
 
 def load_summary(tracker: OrderWatch, cfg: BenchConfig) -> dict[str, Any]:
-    """Throughput, latency percentiles, outcomes and send lag of a finished load."""
+    """Throughput, latency percentiles, outcomes and send lag of a finished load.
+
+    The percentiles leave out the hung orders (``hung_every``): they are
+    reported apart, as ``hung_orders`` and the latency of the slowest.
+    """
     lat = sorted(tracker.latencies_ms)
     seconds = max(tracker.last_seen - tracker.first_sent, 1e-9) if lat else 0.0
     lag = sorted(tracker.send_lag_ms)
@@ -501,6 +526,10 @@ def load_summary(tracker: OrderWatch, cfg: BenchConfig) -> dict[str, Any]:
         "send_errors": tracker.send_errors,
         "send_lag_p99_ms": percentile(lag, 0.99),
         "send_lag_max_ms": round(lag[-1], 1) if lag else 0.0,
+        "hung_every": cfg.hung_every,
+        "hung_orders": len(tracker.hung),
+        "hung_max_ms": round(max(tracker.hung_latencies_ms), 1) if tracker.hung_latencies_ms
+        else 0.0,
     }
 
 

@@ -95,11 +95,14 @@ async def _demo(settings: Settings, count: int, workers: int, wait_s: float) -> 
 @click.option("--partitions", type=int, default=None, help="partitions per topic (new topics)")
 @click.option("--mix", type=click.Choice(["demo", "success"]), default="demo", show_default=True)
 @click.option("--window", default=300, show_default=True, help="orders in flight at max throughput")
+@click.option("--hung-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="every N-th order pays with the token the PSP never answers; the"
+              " percentiles are then the other orders'")
 @click.option("--no-audit", is_flag=True, help="skip the invariant audit at the end")
 @click.option("--external", is_flag=True, help="drive the configured running system; start nothing")
 def bench_command(count: int | None, rate: float | None, duration: float | None, workers: int,
-                  partitions: int | None, mix: str, window: int, no_audit: bool,
-                  external: bool) -> None:
+                  partitions: int | None, mix: str, window: int, hung_every: int,
+                  no_audit: bool, external: bool) -> None:
     """Measure throughput and client-observed latency; print one JSON line."""
     from agents.dev.bench import BenchConfig, bench_with_stack
 
@@ -109,7 +112,8 @@ def bench_command(count: int | None, rate: float | None, duration: float | None,
     if partitions is not None:
         settings = settings.model_copy(update={"partitions": partitions})
     cfg = BenchConfig(orders=count, rate=rate, duration_s=duration, workers=workers,
-                      mix=mix, window=window, audit=not no_audit)  # type: ignore[arg-type]
+                      mix=mix, window=window, audit=not no_audit,  # type: ignore[arg-type]
+                      hung_every=hung_every)
     result = _run(bench_with_stack(settings, cfg, external=external))
     echo_json(result)
     sys.exit(0 if result["unfinished"] == 0 and result["audit"] != "violated" else 1)

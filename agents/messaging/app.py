@@ -71,8 +71,12 @@ def service_app(
     handler_factory: Callable[[asyncpg.Pool], Handler],
     *,
     on_committed: Callable[[list[Envelope]], None] | None = None,
+    readiness: Callable[[], dict[str, bool]] = dict,
 ) -> tuple[faust.App, ServiceConsumer]:
-    """Wire a database-backed saga service: one agent over its sources, the relay, health."""
+    """Wire a database-backed saga service: one agent over its sources, the relay, health.
+
+    ``readiness`` adds the service's own checks to ``/ready/``.
+    """
     app = create_app(service.name, settings)
     (output,) = service.outputs
     runtime = ServiceConsumer(app, settings, service.name, handler_factory, output,
@@ -102,6 +106,6 @@ def service_app(
     app.task(relay)
     metrics.install_backlog_gauge(app, service.name, runtime.outbox_backlog,
                                   lambda: runtime.readiness()["database_pool"])
-    add_health_views(app, service.name, lambda: runtime.readiness())
+    add_health_views(app, service.name, lambda: {**runtime.readiness(), **readiness()})
     return app, runtime
 

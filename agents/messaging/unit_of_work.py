@@ -53,14 +53,10 @@ async def apply_steps(
 
     Every event is claimed in the inbox (one statement for the batch); one
     already claimed is a duplicate and is skipped. The handler may define
-    ``prepare(envelopes)`` (started before the transaction, e.g. the PSP calls)
-    and ``lock(conn, envelopes)`` (rows it will touch, locked in one order).
+    ``lock(conn, envelopes)`` (rows it will touch, locked in one order).
     The staged outbox rows come back with their ids; ``notify`` wakes the
     relays of other processes at commit (see ``messaging.enqueue``).
     """
-    prepare = getattr(handler, "prepare", None)
-    if prepare is not None:
-        await prepare(envelopes)
     results: list[StepResult] = []
     async with conn.transaction():
         fresh = await messaging.claim_many(conn, [(e.event_id, e.type) for e in envelopes])

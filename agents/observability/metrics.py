@@ -62,6 +62,15 @@ CONSUMER_LAG = Gauge("oms_consumer_lag", "End offset minus committed position",
                      ["service", "topic", "partition"])
 GATEWAY_CALLS = Counter("oms_gateway_calls", "Payment gateway calls by result",
                         ["operation", "result"])
+GATEWAY_IN_FLIGHT = Gauge("oms_gateway_in_flight", "Payment gateway calls awaiting an answer")
+PAYMENT_INTENTS = Gauge("oms_payment_intents",
+                        "Charges and cancels recorded and not yet settled (in work or waiting)")
+PAYMENT_INTENTS_TAKEN_OVER = Counter(
+    "oms_payment_intents_taken_over",
+    "Payment intents taken over from a caller that stopped renewing its lease")
+PSP_CALLER_RETRIES = Counter("oms_psp_caller_retries",
+                             "PSP caller failures retried, by stage (claim, psp, settle, order)",
+                             ["stage", "error"])
 
 LAG_INTERVAL_S = 2.0
 BACKLOG_INTERVAL_S = 2.0

@@ -1,2 +1,2 @@
-"""The payments service: step.py (charge, refund, void), psp.py (the PSP port and simulator),
-app.py, web.py. step.py imports only stores/, schemas/, psp.py and agents.messaging.errors."""
+"""The payments service: step.py (intents, PSP calls, settlements), psp.py (PSP port, simulator),
+caller.py (the calls after the commit), app.py, web.py. step.py: stores/, schemas/, psp.py only."""

@@ -1,4 +1,4 @@
-"""The payments Faust app: its step bound to the PSP, and its payment views."""
+"""The payments Faust app: its step, the PSP caller beside it, and its payment views."""
 
 from __future__ import annotations
 
@@ -7,49 +7,32 @@ import faust
 
 from agents.messaging.app import service_app
 from agents.messaging.unit_of_work import Handler
-from agents.observability import metrics
-from agents.payments.psp import (
-    ChargeResult,
-    GatewayTimeout,
-    PaymentGateway,
-    Refund,
-    SimulatedGateway,
-)
+from agents.observability import tracing
+from agents.payments.caller import GuardedGateway, PspCaller
+from agents.payments.psp import SimulatedGateway
 from agents.payments.step import PaymentsStep
 from agents.payments.web import add_payment_views
 from agents.topology import PAYMENTS
 from config import Settings
 
 
-class CountedGateway:
-    """A :class:`PaymentGateway` that counts every call by its result (``oms_gateway_calls``)."""
-
-    def __init__(self, gateway: PaymentGateway) -> None:
-        self._gateway = gateway
-
-    async def charge(self, idempotency_key: str, amount_cents: int, token: str) -> ChargeResult:
-        """Charge through the wrapped gateway; count approved, declined or timeout."""
-        try:
-            result = await self._gateway.charge(idempotency_key, amount_cents, token)
-        except GatewayTimeout:
-            metrics.GATEWAY_CALLS.labels("charge", "timeout").inc()
-            raise
-        metrics.GATEWAY_CALLS.labels("charge", "approved" if result.approved else "declined").inc()
-        return result
-
-    async def cancel(self, idempotency_key: str) -> Refund | None:
-        """Cancel through the wrapped gateway; count refunded or voided."""
-        refund = await self._gateway.cancel(idempotency_key)
-        metrics.GATEWAY_CALLS.labels("cancel", "refunded" if refund else "voided").inc()
-        return refund
-
-
 def build(settings: Settings) -> faust.App:
-    """The payments Faust app."""
+    """The payments Faust app: the step records intents, the PSP caller makes the calls."""
 
     def handler_factory(pool: asyncpg.Pool) -> Handler:
-        return PaymentsStep(CountedGateway(SimulatedGateway(pool, settings)))
+        return PaymentsStep(tracing.current_headers)
 
-    app, runtime = service_app(PAYMENTS, settings, handler_factory)
+    app, runtime = service_app(PAYMENTS, settings, handler_factory,
+                               readiness=lambda: caller.readiness())
+    caller = PspCaller(runtime.relay, runtime.out_topic,
+                       max_in_flight=settings.psp_max_in_flight, lease_s=settings.psp_lease_s)
+
+    async def call_psp() -> None:
+        await runtime.start()
+        gateway = GuardedGateway(SimulatedGateway(runtime.pool, settings),
+                                 settings.gateway_timeout_s)
+        await caller.run(runtime.pool, gateway)
+
+    app.task(call_psp)
     add_payment_views(app, runtime)
     return app
