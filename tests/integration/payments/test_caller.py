@@ -39,7 +39,7 @@ async def start(pools: dict[str, asyncpg.Pool], db_settings: Settings) -> AsyncI
 
     async def start_caller(gateway: PaymentGateway, *, lease_s: float = 5.0,
                            timeout_s: float = 5.0) -> tuple[PspCaller, asyncio.Task[None]]:
-        relay = OutboxRelay(db_settings.dsn("payments"), "payments", _unpublished)
+        relay = OutboxRelay(db_settings, "payments", _unpublished)
         caller = PspCaller(relay, OUT, max_in_flight=16, lease_s=lease_s)
         task = asyncio.create_task(caller.run(pools["payments"],
                                               GuardedGateway(gateway, timeout_s)))
