@@ -6,20 +6,39 @@ time in, stores the returned state in its Faust table and sends the commands.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypedDict, get_origin, get_type_hints
 
 from schemas.codec import deterministic_id, new_envelope
 from schemas.oms_pb2 import CancelOrder, Envelope
 
 RUNNING, CONFIRMED, CANCELLED = "RUNNING", "CONFIRMED", "CANCELLED"
+STATUSES = (RUNNING, CONFIRMED, CANCELLED)
 MAX_STEPS = 32  # a duplicate storm must not grow a saga's row without bound
 PRODUCER = "orchestrator"
 
 
+class Step(TypedDict):
+    """One event of a saga, as recorded in its row."""
+
+    type: str
+    at_ms: int
+    producer: str
+    event_id: str
+
+
+class UnreadableSaga(ValueError):
+    """A table row that cannot be read as a :class:`Saga`; ``str(err)`` says why."""
+
+
 @dataclass
 class Saga:
-    """One order's saga as stored in the tracker's table."""
+    """One order's saga as stored in the tracker's table.
+
+    The fields are recorded in ``saga.lock.json`` (:mod:`agents.orchestrator.ledger`):
+    rows outlive the code that wrote them, so a field is never renamed or
+    retyped, and one added later has a default.
+    """
 
     order_id: str
     status: str
@@ -29,11 +48,31 @@ class Saga:
     finished_at_ms: int = 0
     timed_out: bool = False
     reason: str = ""
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Saga:
-        return cls(**data)
+    def from_dict(cls, data: Any) -> Saga:
+        """Read a table row, whichever tracker version wrote it.
+
+        Fields this version does not know are ignored and missing fields with a
+        default take it; a missing required field, a value of the wrong type or
+        an unknown status raise :class:`UnreadableSaga`.
+        """
+        if not isinstance(data, dict):
+            raise UnreadableSaga(f"not a mapping: {type(data).__name__}")
+        values: dict[str, Any] = {}
+        for name, (kind, required) in _FIELDS.items():
+            if name not in data:
+                if required:
+                    raise UnreadableSaga(f"{name}: missing")
+                continue
+            value = data[name]
+            if not isinstance(value, kind):
+                raise UnreadableSaga(f"{name}: {type(value).__name__}, not {kind.__name__}")
+            values[name] = value
+        if values["status"] not in STATUSES:
+            raise UnreadableSaga(f"status: unknown {values['status']!r}")
+        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         """The table value (a shallow copy: ``asdict`` deep-copies every step, per event)."""
@@ -42,6 +81,22 @@ class Saga:
     @property
     def finished(self) -> bool:
         return self.status != RUNNING
+
+
+def record_fields(record: type) -> dict[str, tuple[Any, bool]]:
+    """Each field of a dataclass or TypedDict: its type hint, and whether a row must have it."""
+    hints = get_type_hints(record)
+    if not hasattr(record, "__dataclass_fields__"):
+        return {name: (hint, True) for name, hint in hints.items()}  # a total TypedDict
+    return {f.name: (hints[f.name], f.default is MISSING and f.default_factory is MISSING)
+            for f in fields(record)}
+
+
+_FIELDS: dict[str, tuple[type, bool]] = {
+    name: (get_origin(hint) or hint, required) for name, (hint, required)
+    in record_fields(Saga).items()
+}
+"""What :meth:`Saga.from_dict` checks: each field's stored type, and whether it is required."""
 
 
 def start(envelope: Envelope, now_ms: int, timeout_ms: int) -> Saga:
@@ -55,7 +110,7 @@ def transition(
 ) -> tuple[Saga, list[Envelope]]:
     """Record ``envelope`` in the saga; return the new state and commands to send."""
     saga = saga or start(envelope, now_ms, timeout_ms)
-    if any(step["event_id"] == envelope.event_id for step in saga.steps):
+    if any(step.get("event_id") == envelope.event_id for step in saga.steps):
         return saga, []  # redelivered
     if len(saga.steps) < MAX_STEPS:
         saga.steps.append({
@@ -90,10 +145,16 @@ def overdue(saga: Saga, now_ms: int) -> bool:
     return not saga.finished and not saga.timed_out and now_ms > saga.deadline_ms
 
 
+def finished_row(row: Any) -> bool:
+    """A stored row of a finished saga (the timer's fast path: no :class:`Saga` built)."""
+    return isinstance(row, dict) and row.get("status") in (CONFIRMED, CANCELLED)
+
+
 def expired(row: dict[str, Any], now_ms: int, retention_ms: int) -> bool:
     """A table row finished long enough ago to drop (bounded memory).
 
     It takes the stored row rather than a :class:`Saga`: the timer checks every
     row every second, and most are finished sagas it only needs to skip.
     """
-    return row["status"] != RUNNING and now_ms - row["finished_at_ms"] > retention_ms
+    finished_at = row.get("finished_at_ms") or row.get("updated_at_ms") or 0
+    return finished_row(row) and now_ms - finished_at > retention_ms

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
@@ -19,7 +20,14 @@ from faust.types.tuples import Message
 from agents.messaging import kafka
 from agents.messaging.dead_letters import DeadLetters
 from agents.observability import metrics, tracing
-from agents.orchestrator.saga import RUNNING, Saga, expired, overdue, transition
+from agents.orchestrator.saga import (
+    Saga,
+    UnreadableSaga,
+    expired,
+    finished_row,
+    overdue,
+    transition,
+)
 from agents.topology import DEAD_LETTERS, ORDER_COMMANDS, SAGA_EVENTS
 from config import Settings
 from schemas.codec import DecodeError, decode, new_envelope
@@ -58,11 +66,31 @@ class SagaTracker:
         self._timeouts_sent: dict[bytes, int] = {}  # order -> when SagaTimedOut was sent
         # order -> trace context of its last event, so a timeout continues the order's trace
         self._traces: dict[bytes, dict[str, str]] = {}
+        self._unreadable: set[bytes] = set()  # rows already counted and logged as unreadable
 
     def saga(self, order_id: str) -> Saga | None:
         """The locally held saga of an order, if this worker owns it."""
-        data = self.sagas.get(order_id.encode())
-        return Saga.from_dict(data) if data else None
+        key = order_id.encode()
+        return self._read(key, self.sagas.get(key))
+
+    def _read(self, key: bytes, row: Any) -> Saga | None:
+        """A table row as a :class:`Saga`; None for no row or one this version cannot read.
+
+        An unreadable row (written by another version of the tracker) is
+        counted and logged once, and left as it is: the timer skips it, and the
+        order's next event starts its saga afresh.
+        """
+        if row is None:
+            return None
+        try:
+            return Saga.from_dict(row)
+        except UnreadableSaga as exc:
+            if key not in self._unreadable:
+                self._unreadable.add(key)
+                metrics.TRACKER_UNREADABLE_ROWS.inc()
+                log.error("saga row %s is unreadable (%s); skipped", key.decode(errors="replace"),
+                          exc)
+            return None
 
     async def on_batch(self, messages: list[Message]) -> None:
         """Apply a batch of events to their sagas; each saga's row is written once.
@@ -88,8 +116,7 @@ class SagaTracker:
         key = envelope.order_id.encode()
         before = touched.get(key)
         if before is None:
-            current = self.sagas.get(key)
-            before = Saga.from_dict(current) if current else None
+            before = self._read(key, self.sagas.get(key))
         was_finished = before.finished if before else False
         saga, commands = transition(before, envelope, now_ms(), self.timeout_ms)
         touched[key] = saga
@@ -113,12 +140,14 @@ class SagaTracker:
         """Time out overdue sagas and drop long-finished ones from the table."""
         now = now_ms()
         for key, data in list(self.sagas.items()):
-            if data["status"] != RUNNING:  # most rows: judged without building a Saga
+            if finished_row(data):  # most rows: judged without building a Saga
                 if expired(data, now, self.retention_ms):
                     del self.sagas[key]
                     self._forget(key)
                 continue
-            saga = Saga.from_dict(data)
+            saga = self._read(key, data)
+            if saga is None:
+                continue
             if saga.timed_out:
                 self._forget(key)
             elif overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:

@@ -36,7 +36,7 @@ def saga_json(saga: Saga, now_ms: int) -> dict[str, Any]:
     data.update(placed_at=iso(saga.placed_at_ms), deadline=iso(saga.deadline_ms),
                 finished_at=iso(saga.finished_at_ms), age_ms=now_ms - saga.placed_at_ms,
                 overdue_ms=max(0, now_ms - saga.deadline_ms) if not saga.finished else 0)
-    data["steps"] = [{**step, "at": iso(step["at_ms"])} for step in saga.steps]
+    data["steps"] = [{**step, "at": iso(step.get("at_ms", 0))} for step in saga.steps]
     return data
 
 
