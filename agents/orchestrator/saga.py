@@ -43,12 +43,16 @@ class Saga:
     order_id: str
     status: str
     placed_at_ms: int
+    """When the client says it placed the order (its clock): for information only."""
     deadline_ms: int
+    """When the tracker cancels a saga still running: first seen + timeout, on its own clock."""
     updated_at_ms: int
     finished_at_ms: int = 0
     timed_out: bool = False
     reason: str = ""
     steps: list[Step] = field(default_factory=list)
+    started_at_ms: int = 0
+    """When the tracker first saw the saga, on its own clock (0: rows from before the field)."""
 
     @classmethod
     def from_dict(cls, data: Any) -> Saga:
@@ -100,9 +104,14 @@ _FIELDS: dict[str, tuple[type, bool]] = {
 
 
 def start(envelope: Envelope, now_ms: int, timeout_ms: int) -> Saga:
-    """A new saga, first seen through ``envelope``; its deadline counts from placement."""
-    placed = envelope.placed_at_ms or now_ms
-    return Saga(envelope.order_id, RUNNING, placed, placed + timeout_ms, now_ms)
+    """A new saga, first seen through ``envelope``; its deadline counts from now.
+
+    ``placed_at_ms`` is the client's clock, carried forward by every service:
+    a skewed or hostile client would otherwise have its order cancelled on
+    arrival (a clock behind) or never (ahead). Deadlines use the tracker's clock.
+    """
+    return Saga(envelope.order_id, RUNNING, envelope.placed_at_ms or now_ms,
+                now_ms + timeout_ms, now_ms, started_at_ms=now_ms)
 
 
 def transition(
@@ -158,3 +167,16 @@ def expired(row: dict[str, Any], now_ms: int, retention_ms: int) -> bool:
     """
     finished_at = row.get("finished_at_ms") or row.get("updated_at_ms") or 0
     return finished_row(row) and now_ms - finished_at > retention_ms
+
+
+def e2e_ms(saga: Saga, timeout_ms: int) -> int:
+    """Placement to finish, for the end-to-end latency histogram.
+
+    Placement is the client's ``placed_at_ms``, clamped into the window the
+    tracker can vouch for: not after it first saw the saga, and not more than
+    one timeout before. A skewed client clock then gives neither a negative
+    nor an absurd figure.
+    """
+    seen = saga.started_at_ms or saga.updated_at_ms
+    placed = min(max(saga.placed_at_ms, seen - timeout_ms), seen)
+    return max(saga.finished_at_ms - placed, 0)

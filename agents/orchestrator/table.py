@@ -23,6 +23,7 @@ from agents.observability import metrics, tracing
 from agents.orchestrator.saga import (
     Saga,
     UnreadableSaga,
+    e2e_ms,
     expired,
     finished_row,
     overdue,
@@ -133,8 +134,7 @@ class SagaTracker:
         outcome = saga.status.lower()
         reason = "timeout" if saga.timed_out else _reason_label(saga.reason)
         metrics.SAGA_OUTCOMES.labels(outcome, reason).inc()
-        elapsed = max(saga.finished_at_ms - saga.placed_at_ms, 0) / 1000
-        metrics.ORDER_E2E.labels(outcome).observe(elapsed)
+        metrics.ORDER_E2E.labels(outcome).observe(e2e_ms(saga, self.timeout_ms) / 1000)
 
     async def tick(self) -> None:
         """Time out overdue sagas and drop long-finished ones from the table."""

@@ -33,11 +33,17 @@ def iso(ms: int) -> str | None:
 def saga_json(saga: Saga, now_ms: int) -> dict[str, Any]:
     """A saga with readable timestamps and its age; steps in the order they were seen."""
     data = saga.as_dict()
-    data.update(placed_at=iso(saga.placed_at_ms), deadline=iso(saga.deadline_ms),
-                finished_at=iso(saga.finished_at_ms), age_ms=now_ms - saga.placed_at_ms,
+    data.update(placed_at=iso(saga.placed_at_ms), started_at=iso(saga.started_at_ms),
+                deadline=iso(saga.deadline_ms), finished_at=iso(saga.finished_at_ms),
+                age_ms=now_ms - first_seen(saga),
                 overdue_ms=max(0, now_ms - saga.deadline_ms) if not saga.finished else 0)
     data["steps"] = [{**step, "at": iso(step.get("at_ms", 0))} for step in saga.steps]
     return data
+
+
+def first_seen(saga: Saga) -> int:
+    """When the tracker first saw the saga (its own clock; placement for rows from before)."""
+    return saga.started_at_ms or saga.placed_at_ms
 
 
 def local_sagas(tracker: SagaTracker) -> list[Saga]:
@@ -81,8 +87,7 @@ def add_tracker_views(app: AppT, tracker: SagaTracker) -> None:
         """Running sagas, oldest first: the ones an operator looks at first."""
 
         async def get(self, request: Request) -> Response:
-            return listing(self, request, lambda s: s.status == RUNNING,
-                           lambda s: s.placed_at_ms)
+            return listing(self, request, lambda s: s.status == RUNNING, first_seen)
 
     @app.page("/sagas/stuck/")
     class Stuck(View):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agents.orchestrator.saga import (
     CANCELLED,
     CONFIRMED,
     MAX_STEPS,
     RUNNING,
+    e2e_ms,
     expired,
     overdue,
     transition,
@@ -29,11 +32,25 @@ def env(body, placed_at_ms: int = 1_000):
     return new_envelope(OID, body, producer="t", placed_at_ms=placed_at_ms)
 
 
-def test_first_event_starts_a_running_saga_with_deadline_from_placement() -> None:
+def test_first_event_starts_a_running_saga_with_deadline_from_first_seen() -> None:
     saga, commands = transition(None, env(OrderCreated()), now_ms=5_000, timeout_ms=TIMEOUT)
     assert saga.status == RUNNING and commands == []
-    assert saga.deadline_ms == 1_000 + TIMEOUT
+    assert saga.started_at_ms == 5_000 and saga.deadline_ms == 5_000 + TIMEOUT
+    assert saga.placed_at_ms == 1_000  # the client's word, kept for information
     assert [s["type"] for s in saga.steps] == ["OrderCreated"]
+
+
+@pytest.mark.parametrize("skew_ms", [-3_600_000, 86_400_000, -1_000 + 1])
+def test_a_skewed_client_clock_moves_neither_the_deadline_nor_the_latency_far(
+    skew_ms: int,
+) -> None:
+    """placed_at_ms comes from the client: an hour behind, a day ahead, or the epoch."""
+    now = 1_700_000_000_000
+    saga, _ = transition(None, env(OrderCreated(), placed_at_ms=now + skew_ms), now, TIMEOUT)
+    assert saga.deadline_ms == now + TIMEOUT
+    assert not overdue(saga, now + TIMEOUT) and overdue(saga, now + TIMEOUT + 1)
+    saga, _ = transition(saga, env(OrderConfirmed()), now + 2_000, TIMEOUT)
+    assert 2_000 <= e2e_ms(saga, TIMEOUT) <= 2_000 + TIMEOUT
 
 
 def test_confirmed_and_cancelled_are_terminal_and_first_wins() -> None:
@@ -52,7 +69,7 @@ def test_redelivered_event_is_recorded_once() -> None:
 
 def test_timeout_of_a_running_saga_sends_one_cancel() -> None:
     saga, _ = transition(None, env(OrderCreated()), 2_000, TIMEOUT)
-    assert overdue(saga, 1_000 + TIMEOUT + 1)
+    assert overdue(saga, 2_000 + TIMEOUT + 1)
     saga, commands = transition(saga, env(SagaTimedOut()), 40_000, TIMEOUT)
     again, more = transition(saga, env(SagaTimedOut()), 41_000, TIMEOUT)
     assert [c.type for c in commands] == ["CancelOrder"]
