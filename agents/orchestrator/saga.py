@@ -16,6 +16,10 @@ RUNNING, CONFIRMED, CANCELLED = "RUNNING", "CONFIRMED", "CANCELLED"
 STATUSES = (RUNNING, CONFIRMED, CANCELLED)
 MAX_STEPS = 32  # a duplicate storm must not grow a saga's row without bound
 PRODUCER = "orchestrator"
+TIMEOUT_REASON = "saga timed out"
+REASON_LABELS = ("none", "timeout", "out of stock", "unknown sku", "payment failed",
+                 "cancelled by operator", "other")
+"""Every value the ``reason`` label of ``oms_saga_outcomes`` can take."""
 
 
 class Step(TypedDict):
@@ -144,9 +148,28 @@ def _finish(saga: Saga, status: str, reason: str, now_ms: int) -> None:
 
 def cancel_command(order_id: str, cause: Envelope) -> Envelope:
     """The CancelOrder for a saga past its deadline; its id is fixed so resends are no-ops."""
-    body = CancelOrder(reason="saga timed out")
+    body = CancelOrder(reason=TIMEOUT_REASON)
     return new_envelope(order_id, body, producer=PRODUCER, cause=cause,
                         event_id=deterministic_id(order_id, "saga-timeout"))
+
+
+def outcome_labels(saga: Saga) -> tuple[str, str]:
+    """A finished saga's ``(outcome, reason)`` metric labels, each from a closed set.
+
+    A cancel's reason can be a client's free text (``CancelOrder.reason``); as
+    a label every distinct text would be a new time series, so the reason is
+    reduced to its class (the text before the first colon) when that class is
+    in :data:`REASON_LABELS`, and to ``other`` when not.
+    """
+    outcome = saga.status.lower()
+    if saga.status == CONFIRMED:
+        return outcome, "none"
+    if saga.timed_out or saga.reason == TIMEOUT_REASON:
+        return outcome, "timeout"
+    if not saga.reason:
+        return outcome, "none"
+    kind = saga.reason.split(":", 1)[0]
+    return outcome, kind if kind in REASON_LABELS else "other"
 
 
 def overdue(saga: Saga, now_ms: int) -> bool:

@@ -26,6 +26,7 @@ from agents.orchestrator.saga import (
     e2e_ms,
     expired,
     finished_row,
+    outcome_labels,
     overdue,
     transition,
 )
@@ -131,8 +132,7 @@ class SagaTracker:
             self._observe_outcome(saga)
 
     def _observe_outcome(self, saga: Saga) -> None:
-        outcome = saga.status.lower()
-        reason = "timeout" if saga.timed_out else _reason_label(saga.reason)
+        outcome, reason = outcome_labels(saga)
         metrics.SAGA_OUTCOMES.labels(outcome, reason).inc()
         metrics.ORDER_E2E.labels(outcome).observe(e2e_ms(saga, self.timeout_ms) / 1000)
 
@@ -188,9 +188,3 @@ class SagaTracker:
         for data in self.sagas.values():
             counts[data["status"]] = counts.get(data["status"], 0) + 1
         return counts
-
-
-def _reason_label(reason: str) -> str:
-    """A low-cardinality label: 'out of stock: SKU-1' -> 'out of stock'."""
-    return reason.split(":", 1)[0] if reason else "none"
-

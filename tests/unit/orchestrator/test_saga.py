@@ -8,9 +8,11 @@ from agents.orchestrator.saga import (
     CANCELLED,
     CONFIRMED,
     MAX_STEPS,
+    REASON_LABELS,
     RUNNING,
     e2e_ms,
     expired,
+    outcome_labels,
     overdue,
     transition,
 )
@@ -99,3 +101,26 @@ def test_finished_sagas_expire_after_retention() -> None:
     saga, _ = transition(None, env(OrderConfirmed()), 2_000, TIMEOUT)
     assert not expired(saga.as_dict(), 2_000 + 500, retention_ms=1_000)
     assert expired(saga.as_dict(), 2_000 + 1_001, retention_ms=1_000)
+
+
+@pytest.mark.parametrize(("body", "labels"), [
+    (OrderConfirmed(), ("confirmed", "none")),
+    (OrderCancelled(reason="out of stock: SKU-0001, SKU-0002"), ("cancelled", "out of stock")),
+    (OrderCancelled(reason="unknown sku: NOPE"), ("cancelled", "unknown sku")),
+    (OrderCancelled(reason="payment failed: card declined"), ("cancelled", "payment failed")),
+    (OrderCancelled(reason="saga timed out"), ("cancelled", "timeout")),
+    (OrderCancelled(reason="cancelled by operator"), ("cancelled", "cancelled by operator")),
+    (OrderCancelled(reason="changed my mind, order 4711"), ("cancelled", "other")),
+    (OrderCancelled(reason="x" * 10_000), ("cancelled", "other")),
+])
+def test_outcome_labels_come_from_a_closed_set(body, labels: tuple[str, str]) -> None:
+    """A CancelOrder's reason is client text: it must not become a metric label."""
+    saga, _ = transition(None, env(body), 2_000, TIMEOUT)
+    assert outcome_labels(saga) == labels
+    assert labels[1] in REASON_LABELS
+
+
+def test_a_timed_out_saga_is_labelled_timeout_whatever_the_cancel_says() -> None:
+    saga, _ = transition(None, env(SagaTimedOut()), 40_000, TIMEOUT)
+    saga, _ = transition(saga, env(OrderCancelled(reason="cancelled")), 41_000, TIMEOUT)
+    assert outcome_labels(saga) == ("cancelled", "timeout")
