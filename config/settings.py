@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         " batch and before marking it sent; 0 = off",
     )
 
+    fault_drop_cancel_orders: int = Field(
+        default=0,
+        ge=0,
+        description="test-only: the saga tracker loses its first n CancelOrder sends (as if the"
+        " broker never got them); 0 = off",
+    )
+
     # --- Embedded runtime -------------------------------------------------
     data_dir: str = Field(default=".oms", description="embedded PostgreSQL data and logs")
 

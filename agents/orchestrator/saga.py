@@ -13,7 +13,8 @@ from schemas.codec import deterministic_id, new_envelope
 from schemas.oms_pb2 import CancelOrder, Envelope
 
 RUNNING, CONFIRMED, CANCELLED = "RUNNING", "CONFIRMED", "CANCELLED"
-STATUSES = (RUNNING, CONFIRMED, CANCELLED)
+FINISHED = (CONFIRMED, CANCELLED)
+STATUSES = (RUNNING, *FINISHED)
 MAX_STEPS = 32  # a duplicate storm must not grow a saga's row without bound
 PRODUCER = "orchestrator"
 TIMEOUT_REASON = "saga timed out"
@@ -29,6 +30,10 @@ class Step(TypedDict):
     at_ms: int
     producer: str
     event_id: str
+
+
+class InvalidSagaEvent(ValueError):
+    """An event the tracker cannot apply; ``str(err)`` is the dead-letter reason."""
 
 
 class UnreadableSaga(ValueError):
@@ -121,7 +126,17 @@ def start(envelope: Envelope, now_ms: int, timeout_ms: int) -> Saga:
 def transition(
     saga: Saga | None, envelope: Envelope, now_ms: int, timeout_ms: int
 ) -> tuple[Saga, list[Envelope]]:
-    """Record ``envelope`` in the saga; return the new state and commands to send."""
+    """Record ``envelope`` in the saga; return the new state and commands to send.
+
+    A finished saga stays finished. Every ``SagaTimedOut`` of a running saga
+    (the timer repeats it until the saga ends) sends the same ``CancelOrder``:
+    a lost one is sent again, and the orders inbox absorbs the repeats. The
+    orders service answers a cancel of an order that had ended already with
+    ``CancelRejected``, which closes the saga with the order's own status.
+    """
+    if envelope.type == "CancelRejected" and envelope.cancel_rejected.status not in FINISHED:
+        raise InvalidSagaEvent(f"CancelRejected.status: {envelope.cancel_rejected.status!r}"
+                               f" is not one of {', '.join(FINISHED)}")
     saga = saga or start(envelope, now_ms, timeout_ms)
     if any(step.get("event_id") == envelope.event_id for step in saga.steps):
         return saga, []  # redelivered
@@ -131,15 +146,19 @@ def transition(
             "producer": envelope.producer, "event_id": envelope.event_id,
         })
     saga.updated_at_ms = now_ms
-    commands: list[Envelope] = []
-    if envelope.type == "OrderConfirmed" and not saga.finished:
+    if saga.finished:
+        return saga, []
+    if envelope.type == "OrderConfirmed":
         _finish(saga, CONFIRMED, "", now_ms)
-    elif envelope.type == "OrderCancelled" and not saga.finished:
+    elif envelope.type == "OrderCancelled":
         _finish(saga, CANCELLED, envelope.order_cancelled.reason, now_ms)
-    elif envelope.type == "SagaTimedOut" and not saga.finished and not saga.timed_out:
+    elif envelope.type == "CancelRejected":
+        body = envelope.cancel_rejected
+        _finish(saga, body.status, body.reason, now_ms)
+    elif envelope.type == "SagaTimedOut":
         saga.timed_out = True
-        commands.append(cancel_command(saga.order_id, envelope))
-    return saga, commands
+        return saga, [cancel_command(saga.order_id, envelope)]
+    return saga, []
 
 
 def _finish(saga: Saga, status: str, reason: str, now_ms: int) -> None:
@@ -147,7 +166,7 @@ def _finish(saga: Saga, status: str, reason: str, now_ms: int) -> None:
 
 
 def cancel_command(order_id: str, cause: Envelope) -> Envelope:
-    """The CancelOrder for a saga past its deadline; its id is fixed so resends are no-ops."""
+    """The CancelOrder for a saga past its deadline; one id per order, so resends are no-ops."""
     body = CancelOrder(reason=TIMEOUT_REASON)
     return new_envelope(order_id, body, producer=PRODUCER, cause=cause,
                         event_id=deterministic_id(order_id, "saga-timeout"))
@@ -173,13 +192,13 @@ def outcome_labels(saga: Saga) -> tuple[str, str]:
 
 
 def overdue(saga: Saga, now_ms: int) -> bool:
-    """Running past its deadline and not yet told to cancel."""
-    return not saga.finished and not saga.timed_out and now_ms > saga.deadline_ms
+    """Running past its deadline: to be timed out (again, until it ends)."""
+    return not saga.finished and now_ms > saga.deadline_ms
 
 
 def finished_row(row: Any) -> bool:
     """A stored row of a finished saga (the timer's fast path: no :class:`Saga` built)."""
-    return isinstance(row, dict) and row.get("status") in (CONFIRMED, CANCELLED)
+    return isinstance(row, dict) and row.get("status") in FINISHED
 
 
 def expired(row: dict[str, Any], now_ms: int, retention_ms: int) -> bool:

@@ -21,6 +21,7 @@ from agents.messaging import kafka
 from agents.messaging.dead_letters import DeadLetters
 from agents.observability import metrics, tracing
 from agents.orchestrator.saga import (
+    InvalidSagaEvent,
     Saga,
     UnreadableSaga,
     e2e_ms,
@@ -37,7 +38,7 @@ from schemas.oms_pb2 import Envelope, SagaTimedOut
 
 log = logging.getLogger(__name__)
 SERVICE = "orchestrator"
-RESEND_MS = 5000  # re-send SagaTimedOut if the first one has not been applied by then
+RESEND_MS = 5000  # time a running saga out again (and resend its CancelOrder) this often
 
 
 def now_ms() -> int:
@@ -69,6 +70,7 @@ class SagaTracker:
         # order -> trace context of its last event, so a timeout continues the order's trace
         self._traces: dict[bytes, dict[str, str]] = {}
         self._unreadable: set[bytes] = set()  # rows already counted and logged as unreadable
+        self._cancels_to_drop = settings.fault_drop_cancel_orders
 
     def saga(self, order_id: str) -> Saga | None:
         """The locally held saga of an order, if this worker owns it."""
@@ -109,7 +111,10 @@ class SagaTracker:
                 continue
             with tracing.consuming(SERVICE, envelope, message.topic, message.headers,
                                    message.partition, message.offset):
-                await self._apply(envelope, touched)
+                try:
+                    await self._apply(envelope, touched)
+                except InvalidSagaEvent as exc:
+                    await self._dead_letter(message, f"invalid {envelope.type}: {exc}")
         for key, saga in touched.items():
             self.sagas[key] = saga.as_dict()
 
@@ -123,13 +128,32 @@ class SagaTracker:
         saga, commands = transition(before, envelope, now_ms(), self.timeout_ms)
         touched[key] = saga
         for command in commands:
-            await kafka.send_envelope(self._send, self.commands.get_topic_name(), command)
+            await self._send_command(command)
         if saga.finished:
-            self._traces.pop(key, None)
+            self._forget(key)
         else:
             self._traces[key] = tracing.current_headers()
-        if saga.finished and not was_finished:
+        # a saga closed by CancelRejected had ended before: its outcome is not a new one
+        if saga.finished and not was_finished and envelope.type != "CancelRejected":
             self._observe_outcome(saga)
+
+    async def _send_command(self, command: Envelope) -> None:
+        """Send a command and wait for the broker's ack; a failure waits for the timer's resend.
+
+        The timer times a running saga out again every ``RESEND_MS`` until it
+        ends, so a command the broker did not take is sent again then.
+        """
+        if self._cancels_to_drop and command.type == "CancelOrder":
+            self._cancels_to_drop -= 1  # fault injection (tests): as if the broker lost it
+            log.warning("fault injection: dropped CancelOrder for %s", command.order_id)
+            return
+        try:
+            await kafka.send_envelope(kafka.faust_send(self.app),
+                                      self.commands.get_topic_name(), command)
+        except KafkaError as exc:
+            metrics.TRACKER_SEND_FAILURES.labels(command.type).inc()
+            log.warning("%s for %s not sent (%s); sent again within %d ms", command.type,
+                        command.order_id, exc, RESEND_MS)
 
     def _observe_outcome(self, saga: Saga) -> None:
         outcome, reason = outcome_labels(saga)
@@ -137,7 +161,7 @@ class SagaTracker:
         metrics.ORDER_E2E.labels(outcome).observe(e2e_ms(saga, self.timeout_ms) / 1000)
 
     async def tick(self) -> None:
-        """Time out overdue sagas and drop long-finished ones from the table."""
+        """Time out overdue sagas (again every ``RESEND_MS`` until they end); drop old ones."""
         now = now_ms()
         for key, data in list(self.sagas.items()):
             if finished_row(data):  # most rows: judged without building a Saga
@@ -148,9 +172,7 @@ class SagaTracker:
             saga = self._read(key, data)
             if saga is None:
                 continue
-            if saga.timed_out:
-                self._forget(key)
-            elif overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
+            if overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
                 self._timeouts_sent[key] = now
                 await self._time_out(key, saga)
 
@@ -161,6 +183,7 @@ class SagaTracker:
         try:
             await self._send_timeout(key, event)
         except KafkaError as exc:  # an exception out of a timer crashes the worker
+            metrics.TRACKER_SEND_FAILURES.labels(event.type).inc()
             log.warning("SagaTimedOut for %s not sent (%s); retrying in %d ms",
                         saga.order_id, exc, RESEND_MS)
 

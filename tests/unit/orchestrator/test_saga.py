@@ -10,6 +10,7 @@ from agents.orchestrator.saga import (
     MAX_STEPS,
     REASON_LABELS,
     RUNNING,
+    InvalidSagaEvent,
     e2e_ms,
     expired,
     outcome_labels,
@@ -18,6 +19,7 @@ from agents.orchestrator.saga import (
 )
 from schemas.codec import new_envelope
 from schemas.oms_pb2 import (
+    CancelRejected,
     InventoryReserved,
     OrderCancelled,
     OrderConfirmed,
@@ -69,13 +71,28 @@ def test_redelivered_event_is_recorded_once() -> None:
     assert len(saga.steps) == 1
 
 
-def test_timeout_of_a_running_saga_sends_one_cancel() -> None:
+def test_every_timeout_of_a_running_saga_sends_the_same_cancel_again() -> None:
+    """A CancelOrder can be lost: the tracker keeps at it until the order has ended."""
     saga, _ = transition(None, env(OrderCreated()), 2_000, TIMEOUT)
     assert overdue(saga, 2_000 + TIMEOUT + 1)
     saga, commands = transition(saga, env(SagaTimedOut()), 40_000, TIMEOUT)
-    again, more = transition(saga, env(SagaTimedOut()), 41_000, TIMEOUT)
-    assert [c.type for c in commands] == ["CancelOrder"]
-    assert more == [] and again.timed_out and not overdue(again, 50_000)
+    again, more = transition(saga, env(SagaTimedOut()), 45_000, TIMEOUT)
+    assert [c.type for c in commands] == [c.type for c in more] == ["CancelOrder"]
+    assert commands[0].event_id == more[0].event_id  # orders' inbox absorbs the repeats
+    assert again.timed_out and overdue(again, 50_000)  # still running: the timer resends
+
+
+def test_a_rejected_cancel_closes_the_saga_with_the_orders_own_status() -> None:
+    """The order ended before the cancel reached it (and the tracker missed that event)."""
+    saga, _ = transition(None, env(SagaTimedOut()), 40_000, TIMEOUT)
+    saga, commands = transition(saga, env(CancelRejected(status="CONFIRMED")), 41_000, TIMEOUT)
+    assert saga.status == CONFIRMED and commands == [] and not overdue(saga, 90_000)
+
+
+def test_a_rejected_cancel_with_an_unknown_status_is_invalid() -> None:
+    saga, _ = transition(None, env(SagaTimedOut()), 40_000, TIMEOUT)
+    with pytest.raises(InvalidSagaEvent, match="status"):
+        transition(saga, env(CancelRejected(status="PENDING")), 41_000, TIMEOUT)
 
 
 def test_cancel_command_id_is_stable_so_resends_are_absorbed() -> None:

@@ -44,3 +44,19 @@ async def test_a_failed_timeout_send_is_logged_and_retried_later(tmp_path: Path)
     tracker._timeouts_sent[OID.encode()] -= RESEND_MS + 1  # as if RESEND_MS had passed
     await tracker.tick()
     assert len(attempts) == 2
+
+
+async def test_a_timed_out_saga_is_timed_out_again_until_it_ends(tmp_path: Path) -> None:
+    """Its CancelOrder may have been lost; each SagaTimedOut makes the tracker resend it."""
+    tracker = SagaTracker(faust.App("test-tick-resend"), make_settings(tmp_path))
+    tracker.sagas = {OID.encode(): {**overdue_saga(), "timed_out": True}}  # type: ignore[assignment]
+    sent: list[Envelope] = []
+
+    async def send(key: bytes, event: Envelope) -> None:
+        sent.append(event)
+
+    tracker._send_timeout = send  # type: ignore[method-assign]
+    await tracker.tick()
+    tracker._timeouts_sent[OID.encode()] -= RESEND_MS + 1  # as if RESEND_MS had passed
+    await tracker.tick()
+    assert [e.type for e in sent] == ["SagaTimedOut", "SagaTimedOut"]
