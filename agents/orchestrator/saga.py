@@ -202,13 +202,34 @@ def finished_row(row: Any) -> bool:
 
 
 def expired(row: dict[str, Any], now_ms: int, retention_ms: int) -> bool:
-    """A table row finished long enough ago to drop (bounded memory).
+    """A finished saga's row whose steps can go: finished ``retention_ms`` ago, steps kept.
 
     It takes the stored row rather than a :class:`Saga`: the timer checks every
     row every second, and most are finished sagas it only needs to skip.
     """
-    finished_at = row.get("finished_at_ms") or row.get("updated_at_ms") or 0
-    return finished_row(row) and now_ms - finished_at > retention_ms
+    return bool(row.get("steps")) and _finished_for(row, now_ms) > retention_ms
+
+
+def forgettable(row: dict[str, Any], now_ms: int, memory_ms: int) -> bool:
+    """A finished saga's row that can go altogether: finished ``memory_ms`` ago.
+
+    Until then a late event for the order finds its saga finished. After it,
+    one starts a new saga, which its deadline closes (orders answers the
+    cancel with the order's status).
+    """
+    return _finished_for(row, now_ms) > memory_ms
+
+
+def without_steps(row: dict[str, Any]) -> dict[str, Any]:
+    """A finished saga's row as remembered after the retention: everything but its steps."""
+    return {**row, "steps": []}
+
+
+def _finished_for(row: dict[str, Any], now_ms: int) -> int:
+    """How long ago a finished row's saga finished (-1 for a row that is not finished)."""
+    if not finished_row(row):
+        return -1
+    return now_ms - (row.get("finished_at_ms") or row.get("updated_at_ms") or 0)
 
 
 def e2e_ms(saga: Saga, timeout_ms: int) -> int:

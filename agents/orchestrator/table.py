@@ -2,9 +2,14 @@
 
 The table is keyed by order id and co-partitioned with every topic it reads,
 so each worker owns the sagas of its partitions. A timer turns a saga past
-its deadline into a ``SagaTimedOut`` event on ``oms.saga-events``; the agent
-reads it like any other event and sends ``CancelOrder``, so the decision is
-made in one place (:func:`agents.orchestrator.saga.transition`) and recorded in the table.
+its deadline into a ``SagaTimedOut`` event on ``oms.saga-events`` (again every
+``RESEND_MS`` until the saga ends); the agent reads it like any other event
+and sends ``CancelOrder``, so the decision is made in one place
+(:func:`agents.orchestrator.saga.transition`) and recorded in the table.
+
+A finished saga keeps its steps for ``OMS_SAGA_RETENTION_S``, is remembered
+without them for ``OMS_SAGA_MEMORY_S`` (a late event then finds it finished),
+and is forgotten after that.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from agents.orchestrator.saga import (
     e2e_ms,
     expired,
     finished_row,
+    forgettable,
     outcome_labels,
     overdue,
     transition,
+    without_steps,
 )
 from agents.topology import DEAD_LETTERS, ORDER_COMMANDS, SAGA_EVENTS
 from config import Settings
@@ -53,6 +60,7 @@ class SagaTracker:
         self.settings = settings
         self.timeout_ms = int(settings.saga_timeout_s * 1000)
         self.retention_ms = int(settings.saga_retention_s * 1000)
+        self.memory_ms = int(settings.saga_memory_s * 1000)
         self.sagas = app.Table(
             "sagas",
             default=None,
@@ -165,9 +173,7 @@ class SagaTracker:
         now = now_ms()
         for key, data in list(self.sagas.items()):
             if finished_row(data):  # most rows: judged without building a Saga
-                if expired(data, now, self.retention_ms):
-                    del self.sagas[key]
-                    self._forget(key)
+                self._age(key, data, now)
                 continue
             saga = self._read(key, data)
             if saga is None:
@@ -175,6 +181,18 @@ class SagaTracker:
             if overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
                 self._timeouts_sent[key] = now
                 await self._time_out(key, saga)
+
+    def _age(self, key: bytes, row: dict[str, Any], now: int) -> None:
+        """Drop a finished saga's steps after the retention, and the saga after the memory.
+
+        Memory stays bounded, and until the memory passes a late event for the
+        order finds its saga finished rather than starting a new one.
+        """
+        if forgettable(row, now, self.memory_ms):
+            del self.sagas[key]
+            self._forget(key)
+        elif expired(row, now, self.retention_ms):
+            self.sagas[key] = without_steps(row)
 
     async def _time_out(self, key: bytes, saga: Saga) -> None:
         body = SagaTimedOut(deadline_ms=saga.deadline_ms)

@@ -25,11 +25,13 @@ from tests.helpers import eventually, query
 pytestmark = pytest.mark.integration
 
 SAGA_TIMEOUT_S = 8.0
+RETENTION_S = 1.0  # finished sagas lose their steps a second after they end
 
 
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    settings = make_settings(tmp_path_factory.mktemp("tracker"), saga_timeout_s=SAGA_TIMEOUT_S)
+    settings = make_settings(tmp_path_factory.mktemp("tracker"), saga_timeout_s=SAGA_TIMEOUT_S,
+                             saga_retention_s=RETENTION_S)
     async with running_stack(settings) as running:
         yield running
 
@@ -83,3 +85,24 @@ async def test_deadlines_count_on_the_trackers_clock_not_the_clients(
                                      lambda o: o.get("status") == "CANCELLED",
                                      SAGA_TIMEOUT_S + 20, "cancelled at the deadline")
         assert cancelled["reason"] == "saga timed out"
+
+
+async def test_a_late_event_for_a_finished_saga_starts_no_new_one(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """A client retries its PlaceOrder after the saga ended and the retention passed."""
+    first = place_order("tok_visa")
+    await send(stack, first)
+    await eventually(lambda: saga(stack, http, first.order_id),
+                     lambda s: s.get("status") == "CONFIRMED", 30, "the saga ended")
+    await eventually(lambda: saga(stack, http, first.order_id),
+                     lambda s: s["http_status"] == 404 or s.get("steps") == [], 30,
+                     "the saga past its retention")
+    retry = new_envelope(first.order_id, first.place_order, producer="client")
+    await send(stack, retry)
+    after = await eventually(
+        lambda: saga(stack, http, first.order_id),
+        lambda s: any(step["event_id"] == retry.event_id for step in s.get("steps", [])),
+        10, "the tracker applied the retry")
+    assert after["status"] == "CONFIRMED"
+    assert (await order(stack, first.order_id))["status"] == "CONFIRMED"
