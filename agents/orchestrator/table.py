@@ -25,6 +25,7 @@ from faust.types.tuples import Message
 from agents.messaging import kafka
 from agents.messaging.dead_letters import DeadLetters
 from agents.observability import metrics, tracing
+from agents.orchestrator.ownership import Ownership
 from agents.orchestrator.saga import (
     InvalidSagaEvent,
     Saga,
@@ -55,7 +56,8 @@ def now_ms() -> int:
 class SagaTracker:
     """The tracker's table and the glue between Kafka and :func:`transition`."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: Settings,
+                 ownership: Ownership | None = None) -> None:
         self.app = app
         self.settings = settings
         self.timeout_ms = int(settings.saga_timeout_s * 1000)
@@ -74,6 +76,7 @@ class SagaTracker:
                                      value_type=bytes, key_serializer="raw",
                                      value_serializer="raw")
         self.dead_letters = DeadLetters(app, settings.topic(DEAD_LETTERS), SERVICE)
+        self.ownership = ownership or Ownership.assigned(app, self.sagas, settings.partitions)
         self._timeouts_sent: dict[bytes, int] = {}  # order -> when SagaTimedOut was sent
         # order -> trace context of its last event, so a timeout continues the order's trace
         self._traces: dict[bytes, dict[str, str]] = {}
@@ -81,9 +84,32 @@ class SagaTracker:
         self._cancels_to_drop = settings.fault_drop_cancel_orders
 
     def saga(self, order_id: str) -> Saga | None:
-        """The locally held saga of an order, if this worker owns it."""
+        """The locally held saga of an order (``table_route`` sends the request to its owner)."""
         key = order_id.encode()
         return self._read(key, self.sagas.get(key))
+
+    def owned_sagas(self) -> list[Saga]:
+        """The sagas this worker owns: the rows of its active table partitions.
+
+        Every view, count and the timer go by this, never by the local store
+        as a whole (see :mod:`agents.orchestrator.ownership`).
+        """
+        return [saga for key, row in self._owned_rows()
+                if (saga := self._read(key, row)) is not None]
+
+    def owned_partitions(self) -> list[int]:
+        """The table partitions this worker owns, in order."""
+        return sorted(self.ownership.owned())
+
+    def settled(self) -> bool:
+        """Ownership is settled: not rebalancing, and the table recovered from its changelog."""
+        recovered = self.app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        return not self.app.rebalancing and bool(recovered)
+
+    def _owned_rows(self) -> list[tuple[bytes, Any]]:
+        owned = self.ownership.owned()
+        partition = self.ownership.partition
+        return [(key, row) for key, row in list(self.sagas.items()) if partition(key) in owned]
 
     def _read(self, key: bytes, row: Any) -> Saga | None:
         """A table row as a :class:`Saga`; None for no row or one this version cannot read.
@@ -169,9 +195,23 @@ class SagaTracker:
         metrics.ORDER_E2E.labels(outcome).observe(e2e_ms(saga, self.timeout_ms) / 1000)
 
     async def tick(self) -> None:
-        """Time out overdue sagas (again every ``RESEND_MS`` until they end); drop old ones."""
+        """Time out overdue sagas (again every ``RESEND_MS`` until they end); drop old ones.
+
+        Only the sagas this worker owns: during a rebalance it owns none for
+        sure, so it waits; after it, rows of partitions now owned elsewhere are
+        dropped from the local store.
+        """
+        if self.app.rebalancing:
+            return
         now = now_ms()
+        owned, kept = self.ownership.owned(), self.ownership.kept()
+        stale = []
         for key, data in list(self.sagas.items()):
+            partition = self.ownership.partition(key)
+            if partition not in owned:
+                if partition not in kept:
+                    stale.append(key)
+                continue
             if finished_row(data):  # most rows: judged without building a Saga
                 self._age(key, data, now)
                 continue
@@ -181,6 +221,8 @@ class SagaTracker:
             if overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
                 self._timeouts_sent[key] = now
                 await self._time_out(key, saga)
+        if stale:
+            self._drop_stale(stale)
 
     def _age(self, key: bytes, row: dict[str, Any], now: int) -> None:
         """Drop a finished saga's steps after the retention, and the saga after the memory.
@@ -191,6 +233,7 @@ class SagaTracker:
         if forgettable(row, now, self.memory_ms):
             del self.sagas[key]
             self._forget(key)
+            self.ownership.forget(key)
         elif expired(row, now, self.retention_ms):
             self.sagas[key] = without_steps(row)
 
@@ -204,6 +247,19 @@ class SagaTracker:
             metrics.TRACKER_SEND_FAILURES.labels(event.type).inc()
             log.warning("SagaTimedOut for %s not sent (%s); retrying in %d ms",
                         saga.order_id, exc, RESEND_MS)
+
+    def _drop_stale(self, keys: list[bytes]) -> None:
+        """Drop rows of partitions other workers own now, from the local store only.
+
+        A table delete would write a tombstone into the new owner's changelog
+        partition; this worker's copies are merely out of date, not deleted.
+        """
+        for key in keys:
+            del self.sagas.data[key]
+            self._forget(key)
+            self.ownership.forget(key)
+            self._unreadable.discard(key)
+        log.info("dropped %d sagas of partitions other workers own now", len(keys))
 
     def _forget(self, key: bytes) -> None:
         """Drop what the timer keeps for a saga it no longer has to time out."""
@@ -226,6 +282,7 @@ class SagaTracker:
     def counts(self) -> dict[str, int]:
         """Sagas per status among the partitions this worker owns."""
         counts: dict[str, int] = {}
-        for data in self.sagas.values():
-            counts[data["status"]] = counts.get(data["status"], 0) + 1
+        for _, row in self._owned_rows():
+            status = str(row.get("status")) if isinstance(row, dict) else "UNREADABLE"
+            counts[status] = counts.get(status, 0) + 1
         return counts

@@ -46,11 +46,6 @@ def first_seen(saga: Saga) -> int:
     return saga.started_at_ms or saga.placed_at_ms
 
 
-def local_sagas(tracker: SagaTracker) -> list[Saga]:
-    """Sagas held by this worker."""
-    return [Saga.from_dict(data) for data in list(tracker.sagas.values()) if data]
-
-
 def select(sagas: Iterable[Saga], keep: Callable[[Saga], bool], order: Callable[[Saga], int],
            limit: int) -> list[Saga]:
     """The first ``limit`` sagas that ``keep`` accepts, sorted by ``order``."""
@@ -72,7 +67,7 @@ def add_tracker_views(app: AppT, tracker: SagaTracker) -> None:
         except ValueError:
             return view.json({"error": "limit: not an integer"}, status=400)
         now = int(time.time() * 1000)
-        found = select(local_sagas(tracker), keep, order, limit)
+        found = select(tracker.owned_sagas(), keep, order, limit)
         return view.json({"sagas": [saga_json(s, now) for s in found], "limit": limit,
                           "scope": SCOPE, "now": iso(now)})
 

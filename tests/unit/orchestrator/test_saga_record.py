@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import faust
 import pytest
 
 from agents.orchestrator.ledger import live_fields, read_lock
 from agents.orchestrator.saga import RUNNING, Saga, UnreadableSaga
-from agents.orchestrator.table import SagaTracker, now_ms
-from tests.conftest import make_settings
+from agents.orchestrator.table import now_ms
+from tests.unit.orchestrator import fakes
 
 OID = "6f1c1c3e-8a6b-4d59-9d0a-2a0b5a1c9e10"
 
@@ -82,11 +81,10 @@ def test_a_row_that_cannot_be_a_saga_says_why(change: dict[str, Any], why: str) 
 
 
 async def test_the_timer_survives_rows_of_another_version(tmp_path: Path) -> None:
-    tracker = SagaTracker(faust.App("test-record-tick"), make_settings(tmp_path))
     renamed = row(deadline_at_ms=1)  # a later version renamed deadline_ms
     del renamed["deadline_ms"]
     extra = row(order_id="0c9a3a2e-4a43-4a53-8f7e-3d1f1b0d6a11", priority="high")
-    tracker.sagas = {b"renamed": renamed, b"extra": extra}  # type: ignore[assignment]
+    tracker = fakes.tracker(tmp_path, {b"renamed": renamed, b"extra": extra})
     sent: list[bytes] = []
 
     async def send(key: bytes, event: Any) -> None:

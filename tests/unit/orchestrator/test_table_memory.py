@@ -12,15 +12,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import faust
 from faust.types.tuples import Message
 
 from agents.orchestrator.saga import CONFIRMED, Saga
 from agents.orchestrator.table import SagaTracker, now_ms
 from schemas.codec import encode
 from schemas.oms_pb2 import Envelope, PaymentRefunded, PlaceOrder
-from tests.conftest import make_settings
 from tests.helpers import envelope
+from tests.unit.orchestrator import fakes
 
 RETENTION_S, MEMORY_S = 60.0, 3600.0
 
@@ -31,10 +30,7 @@ def message(event: Envelope) -> Message:
 
 
 def tracker(tmp_path: Path, rows: dict[bytes, Any]) -> SagaTracker:
-    settings = make_settings(tmp_path, saga_retention_s=RETENTION_S, saga_memory_s=MEMORY_S)
-    tracked = SagaTracker(faust.App("test-tracker-memory"), settings)
-    tracked.sagas = rows  # type: ignore[assignment]
-    return tracked
+    return fakes.tracker(tmp_path, rows, saga_retention_s=RETENTION_S, saga_memory_s=MEMORY_S)
 
 
 def confirmed(oid: str, finished_s_ago: float) -> dict[str, Any]:
@@ -47,8 +43,8 @@ def confirmed(oid: str, finished_s_ago: float) -> dict[str, Any]:
 
 async def test_a_late_event_after_the_retention_finds_the_saga_finished(tmp_path: Path) -> None:
     oid = str(uuid.uuid4())
-    rows = {oid.encode(): confirmed(oid, finished_s_ago=RETENTION_S + 1)}
-    tracked = tracker(tmp_path, rows)
+    tracked = tracker(tmp_path, {oid.encode(): confirmed(oid, finished_s_ago=RETENTION_S + 1)})
+    rows = fakes.table(tracked)
     await tracked.tick()
     kept = rows[oid.encode()]
     assert kept["status"] == CONFIRMED and kept["steps"] == []  # remembered, steps dropped
@@ -60,7 +56,8 @@ async def test_a_late_event_after_the_retention_finds_the_saga_finished(tmp_path
 
 async def test_a_finished_saga_is_forgotten_after_the_memory(tmp_path: Path) -> None:
     oid, fresh = str(uuid.uuid4()), str(uuid.uuid4())
-    rows = {oid.encode(): confirmed(oid, finished_s_ago=MEMORY_S + 1),
-            fresh.encode(): confirmed(fresh, finished_s_ago=1)}
-    await tracker(tmp_path, rows).tick()
+    tracked = tracker(tmp_path, {oid.encode(): confirmed(oid, finished_s_ago=MEMORY_S + 1),
+                                 fresh.encode(): confirmed(fresh, finished_s_ago=1)})
+    await tracked.tick()
+    rows = fakes.table(tracked)
     assert list(rows) == [fresh.encode()] and rows[fresh.encode()]["steps"]
