@@ -97,6 +97,11 @@ class SagaTracker:
         return [saga for key, row in self._owned_rows()
                 if (saga := self._read(key, row)) is not None]
 
+    def running_sagas(self) -> list[Saga]:
+        """The running sagas this worker owns (finished rows are skipped without reading them)."""
+        return [saga for key, row in self._owned_rows()
+                if not finished_row(row) and (saga := self._read(key, row)) is not None]
+
     def owned_partitions(self) -> list[int]:
         """The table partitions this worker owns, in order."""
         return sorted(self.ownership.owned())

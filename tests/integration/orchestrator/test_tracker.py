@@ -17,8 +17,9 @@ import pytest
 from agents.dev.catalogue import REGULAR_SKUS, price_of
 from agents.dev.stack import Stack
 from agents.messaging.client import OrderClient
-from schemas.codec import new_envelope
-from schemas.oms_pb2 import Envelope, OrderLine, PlaceOrder
+from agents.ops.audit import audit
+from schemas.codec import encode, new_envelope
+from schemas.oms_pb2 import Envelope, OrderLine, PaymentRefunded, PlaceOrder
 from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually, query
 
@@ -106,3 +107,25 @@ async def test_a_late_event_for_a_finished_saga_starts_no_new_one(
         10, "the tracker applied the retry")
     assert after["status"] == "CONFIRMED"
     assert (await order(stack, first.order_id))["status"] == "CONFIRMED"
+
+
+async def test_the_audit_counts_a_stray_saga_inside_its_deadline_as_in_flight(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    """An event names an order nobody placed: its saga runs until its deadline cancels it."""
+    stray = new_envelope(str(uuid.uuid4()), PaymentRefunded(charge_id="ch", amount_cents=1),
+                         producer="test")
+    async with OrderClient(stack.settings) as client:
+        await client.send_raw(stack.settings.topic("payment-events"), stray.order_id.encode(),
+                              encode(stray))
+    await eventually(lambda: saga(stack, http, stray.order_id),
+                     lambda s: s.get("status") == "RUNNING", 10, "the stray saga")
+    report = await audit(stack.settings, settle_grace_s=0.0,
+                         tracker_urls=(stack.web_url("orchestrator-0"),))
+    [tracker] = [i for i in report.invariants if i.name.startswith("tracker")]
+    assert tracker.ok, tracker.violations
+    assert tracker.in_flight >= 1
+    cancelled = await eventually(lambda: order(stack, stray.order_id),
+                                 lambda o: o.get("status") == "CANCELLED",
+                                 SAGA_TIMEOUT_S + 20, "the stray order cancelled at its deadline")
+    assert cancelled["reason"] == "saga timed out"
