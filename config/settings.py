@@ -126,7 +126,14 @@ class Settings(BaseSettings):
     # --- Saga -------------------------------------------------------------
     saga_timeout_s: float = Field(default=30.0, gt=0)
     saga_retention_s: float = Field(
-        default=120.0, gt=0, description="finished sagas stay in the tracker table this long"
+        default=120.0, gt=0,
+        description="finished sagas keep their steps in the tracker table this long",
+    )
+    saga_memory_s: float = Field(
+        default=3600.0, gt=0,
+        description="finished sagas are remembered (without their steps) this long, so a late"
+        " event for one (a compensation, a re-drive, a replay, a retried PlaceOrder) finds it"
+        " finished instead of starting a saga that would run until its deadline",
     )
 
     # --- Payment gateway -----------------------------------------------------
@@ -182,6 +189,13 @@ class Settings(BaseSettings):
         ge=0,
         description="test-only: the outbox relay exits (code 137) after publishing its n-th"
         " batch and before marking it sent; 0 = off",
+    )
+
+    fault_drop_cancel_orders: int = Field(
+        default=0,
+        ge=0,
+        description="test-only: the saga tracker loses its first n CancelOrder sends (as if the"
+        " broker never got them); 0 = off",
     )
 
     # --- Embedded runtime -------------------------------------------------

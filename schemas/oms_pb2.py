@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11schemas/oms.proto\x12\x06oms.v1\"^\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x1d\n\x10unit_price_cents\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_unit_price_cents\"l\n\nPlaceOrder\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12 \n\x05lines\x18\x02 \x03(\x0b\x32\x11.oms.v1.OrderLine\x12\x15\n\rpayment_token\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"\x1d\n\x0b\x43\x61ncelOrder\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x88\x01\n\x0cOrderCreated\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12 \n\x05lines\x18\x02 \x03(\x0b\x32\x11.oms.v1.OrderLine\x12\x18\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x42\x02\x18\x01\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x15\n\rpayment_token\x18\x05 \x01(\t\"&\n\x0eOrderConfirmed\x12\x14\n\x0c\x61mount_cents\x18\x01 \x01(\x03\" \n\x0eOrderCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"t\n\x11InventoryReserved\x12 \n\x05lines\x18\x01 \x03(\x0b\x32\x11.oms.v1.OrderLine\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x15\n\rpayment_token\x18\x04 \x01(\t\"1\n\x11InventoryRejected\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0c\n\x04skus\x18\x02 \x03(\t\"\x14\n\x12InventoryCommitted\"\x13\n\x11InventoryReleased\";\n\x10PaymentCompleted\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\"\x1f\n\rPaymentFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\":\n\x0fPaymentRefunded\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\"#\n\x0cSagaTimedOut\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x01 \x01(\x03\"\xd2\x06\n\x08\x45nvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x16\n\x0eoccurred_at_ms\x18\x04 \x01(\x03\x12\x10\n\x08producer\x18\x05 \x01(\t\x12\x16\n\x0eschema_version\x18\x06 \x01(\x05\x12\x14\n\x0cplaced_at_ms\x18\x07 \x01(\x03\x12\x14\n\x0c\x63\x61usation_id\x18\x08 \x01(\t\x12)\n\x0bplace_order\x18\x14 \x01(\x0b\x32\x12.oms.v1.PlaceOrderH\x00\x12+\n\x0c\x63\x61ncel_order\x18\x15 \x01(\x0b\x32\x13.oms.v1.CancelOrderH\x00\x12-\n\rorder_created\x18\x1e \x01(\x0b\x32\x14.oms.v1.OrderCreatedH\x00\x12\x31\n\x0forder_confirmed\x18\x1f \x01(\x0b\x32\x16.oms.v1.OrderConfirmedH\x00\x12\x31\n\x0forder_cancelled\x18  \x01(\x0b\x32\x16.oms.v1.OrderCancelledH\x00\x12\x37\n\x12inventory_reserved\x18( \x01(\x0b\x32\x19.oms.v1.InventoryReservedH\x00\x12\x37\n\x12inventory_rejected\x18) \x01(\x0b\x32\x19.oms.v1.InventoryRejectedH\x00\x12\x39\n\x13inventory_committed\x18* \x01(\x0b\x32\x1a.oms.v1.InventoryCommittedH\x00\x12\x37\n\x12inventory_released\x18+ \x01(\x0b\x32\x19.oms.v1.InventoryReleasedH\x00\x12\x35\n\x11payment_completed\x18\x32 \x01(\x0b\x32\x18.oms.v1.PaymentCompletedH\x00\x12/\n\x0epayment_failed\x18\x33 \x01(\x0b\x32\x15.oms.v1.PaymentFailedH\x00\x12\x33\n\x10payment_refunded\x18\x34 \x01(\x0b\x32\x17.oms.v1.PaymentRefundedH\x00\x12.\n\x0esaga_timed_out\x18< \x01(\x0b\x32\x14.oms.v1.SagaTimedOutH\x00\x42\x06\n\x04\x62odyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11schemas/oms.proto\x12\x06oms.v1\"^\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x1d\n\x10unit_price_cents\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_unit_price_cents\"l\n\nPlaceOrder\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12 \n\x05lines\x18\x02 \x03(\x0b\x32\x11.oms.v1.OrderLine\x12\x15\n\rpayment_token\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\"\x1d\n\x0b\x43\x61ncelOrder\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x88\x01\n\x0cOrderCreated\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12 \n\x05lines\x18\x02 \x03(\x0b\x32\x11.oms.v1.OrderLine\x12\x18\n\x0c\x61mount_cents\x18\x03 \x01(\x03\x42\x02\x18\x01\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x15\n\rpayment_token\x18\x05 \x01(\t\"&\n\x0eOrderConfirmed\x12\x14\n\x0c\x61mount_cents\x18\x01 \x01(\x03\" \n\x0eOrderCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"0\n\x0e\x43\x61ncelRejected\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"t\n\x11InventoryReserved\x12 \n\x05lines\x18\x01 \x03(\x0b\x32\x11.oms.v1.OrderLine\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x15\n\rpayment_token\x18\x04 \x01(\t\"1\n\x11InventoryRejected\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0c\n\x04skus\x18\x02 \x03(\t\"\x14\n\x12InventoryCommitted\"\x13\n\x11InventoryReleased\";\n\x10PaymentCompleted\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\"\x1f\n\rPaymentFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\":\n\x0fPaymentRefunded\x12\x11\n\tcharge_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61mount_cents\x18\x02 \x01(\x03\"#\n\x0cSagaTimedOut\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x01 \x01(\x03\"\x85\x07\n\x08\x45nvelope\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x16\n\x0eoccurred_at_ms\x18\x04 \x01(\x03\x12\x10\n\x08producer\x18\x05 \x01(\t\x12\x16\n\x0eschema_version\x18\x06 \x01(\x05\x12\x14\n\x0cplaced_at_ms\x18\x07 \x01(\x03\x12\x14\n\x0c\x63\x61usation_id\x18\x08 \x01(\t\x12)\n\x0bplace_order\x18\x14 \x01(\x0b\x32\x12.oms.v1.PlaceOrderH\x00\x12+\n\x0c\x63\x61ncel_order\x18\x15 \x01(\x0b\x32\x13.oms.v1.CancelOrderH\x00\x12-\n\rorder_created\x18\x1e \x01(\x0b\x32\x14.oms.v1.OrderCreatedH\x00\x12\x31\n\x0forder_confirmed\x18\x1f \x01(\x0b\x32\x16.oms.v1.OrderConfirmedH\x00\x12\x31\n\x0forder_cancelled\x18  \x01(\x0b\x32\x16.oms.v1.OrderCancelledH\x00\x12\x31\n\x0f\x63\x61ncel_rejected\x18! \x01(\x0b\x32\x16.oms.v1.CancelRejectedH\x00\x12\x37\n\x12inventory_reserved\x18( \x01(\x0b\x32\x19.oms.v1.InventoryReservedH\x00\x12\x37\n\x12inventory_rejected\x18) \x01(\x0b\x32\x19.oms.v1.InventoryRejectedH\x00\x12\x39\n\x13inventory_committed\x18* \x01(\x0b\x32\x1a.oms.v1.InventoryCommittedH\x00\x12\x37\n\x12inventory_released\x18+ \x01(\x0b\x32\x19.oms.v1.InventoryReleasedH\x00\x12\x35\n\x11payment_completed\x18\x32 \x01(\x0b\x32\x18.oms.v1.PaymentCompletedH\x00\x12/\n\x0epayment_failed\x18\x33 \x01(\x0b\x32\x15.oms.v1.PaymentFailedH\x00\x12\x33\n\x10payment_refunded\x18\x34 \x01(\x0b\x32\x17.oms.v1.PaymentRefundedH\x00\x12.\n\x0esaga_timed_out\x18< \x01(\x0b\x32\x14.oms.v1.SagaTimedOutH\x00\x42\x06\n\x04\x62odyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,22 +45,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERCONFIRMED']._serialized_end=443
   _globals['_ORDERCANCELLED']._serialized_start=445
   _globals['_ORDERCANCELLED']._serialized_end=477
-  _globals['_INVENTORYRESERVED']._serialized_start=479
-  _globals['_INVENTORYRESERVED']._serialized_end=595
-  _globals['_INVENTORYREJECTED']._serialized_start=597
-  _globals['_INVENTORYREJECTED']._serialized_end=646
-  _globals['_INVENTORYCOMMITTED']._serialized_start=648
-  _globals['_INVENTORYCOMMITTED']._serialized_end=668
-  _globals['_INVENTORYRELEASED']._serialized_start=670
-  _globals['_INVENTORYRELEASED']._serialized_end=689
-  _globals['_PAYMENTCOMPLETED']._serialized_start=691
-  _globals['_PAYMENTCOMPLETED']._serialized_end=750
-  _globals['_PAYMENTFAILED']._serialized_start=752
-  _globals['_PAYMENTFAILED']._serialized_end=783
-  _globals['_PAYMENTREFUNDED']._serialized_start=785
-  _globals['_PAYMENTREFUNDED']._serialized_end=843
-  _globals['_SAGATIMEDOUT']._serialized_start=845
-  _globals['_SAGATIMEDOUT']._serialized_end=880
-  _globals['_ENVELOPE']._serialized_start=883
-  _globals['_ENVELOPE']._serialized_end=1733
+  _globals['_CANCELREJECTED']._serialized_start=479
+  _globals['_CANCELREJECTED']._serialized_end=527
+  _globals['_INVENTORYRESERVED']._serialized_start=529
+  _globals['_INVENTORYRESERVED']._serialized_end=645
+  _globals['_INVENTORYREJECTED']._serialized_start=647
+  _globals['_INVENTORYREJECTED']._serialized_end=696
+  _globals['_INVENTORYCOMMITTED']._serialized_start=698
+  _globals['_INVENTORYCOMMITTED']._serialized_end=718
+  _globals['_INVENTORYRELEASED']._serialized_start=720
+  _globals['_INVENTORYRELEASED']._serialized_end=739
+  _globals['_PAYMENTCOMPLETED']._serialized_start=741
+  _globals['_PAYMENTCOMPLETED']._serialized_end=800
+  _globals['_PAYMENTFAILED']._serialized_start=802
+  _globals['_PAYMENTFAILED']._serialized_end=833
+  _globals['_PAYMENTREFUNDED']._serialized_start=835
+  _globals['_PAYMENTREFUNDED']._serialized_end=893
+  _globals['_SAGATIMEDOUT']._serialized_start=895
+  _globals['_SAGATIMEDOUT']._serialized_end=930
+  _globals['_ENVELOPE']._serialized_start=933
+  _globals['_ENVELOPE']._serialized_end=1834
 # @@protoc_insertion_point(module_scope)

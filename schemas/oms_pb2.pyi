@@ -60,6 +60,14 @@ class OrderCancelled(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class CancelRejected(_message.Message):
+    __slots__ = ("status", "reason")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    reason: str
+    def __init__(self, status: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class InventoryReserved(_message.Message):
     __slots__ = ("lines", "amount_cents", "currency", "payment_token")
     LINES_FIELD_NUMBER: _ClassVar[int]
@@ -117,7 +125,7 @@ class SagaTimedOut(_message.Message):
     def __init__(self, deadline_ms: _Optional[int] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("event_id", "order_id", "type", "occurred_at_ms", "producer", "schema_version", "placed_at_ms", "causation_id", "place_order", "cancel_order", "order_created", "order_confirmed", "order_cancelled", "inventory_reserved", "inventory_rejected", "inventory_committed", "inventory_released", "payment_completed", "payment_failed", "payment_refunded", "saga_timed_out")
+    __slots__ = ("event_id", "order_id", "type", "occurred_at_ms", "producer", "schema_version", "placed_at_ms", "causation_id", "place_order", "cancel_order", "order_created", "order_confirmed", "order_cancelled", "cancel_rejected", "inventory_reserved", "inventory_rejected", "inventory_committed", "inventory_released", "payment_completed", "payment_failed", "payment_refunded", "saga_timed_out")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +139,7 @@ class Envelope(_message.Message):
     ORDER_CREATED_FIELD_NUMBER: _ClassVar[int]
     ORDER_CONFIRMED_FIELD_NUMBER: _ClassVar[int]
     ORDER_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REJECTED_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_RESERVED_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_REJECTED_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_COMMITTED_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +161,7 @@ class Envelope(_message.Message):
     order_created: OrderCreated
     order_confirmed: OrderConfirmed
     order_cancelled: OrderCancelled
+    cancel_rejected: CancelRejected
     inventory_reserved: InventoryReserved
     inventory_rejected: InventoryRejected
     inventory_committed: InventoryCommitted
@@ -160,4 +170,4 @@ class Envelope(_message.Message):
     payment_failed: PaymentFailed
     payment_refunded: PaymentRefunded
     saga_timed_out: SagaTimedOut
-    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at_ms: _Optional[int] = ..., producer: _Optional[str] = ..., schema_version: _Optional[int] = ..., placed_at_ms: _Optional[int] = ..., causation_id: _Optional[str] = ..., place_order: _Optional[_Union[PlaceOrder, _Mapping]] = ..., cancel_order: _Optional[_Union[CancelOrder, _Mapping]] = ..., order_created: _Optional[_Union[OrderCreated, _Mapping]] = ..., order_confirmed: _Optional[_Union[OrderConfirmed, _Mapping]] = ..., order_cancelled: _Optional[_Union[OrderCancelled, _Mapping]] = ..., inventory_reserved: _Optional[_Union[InventoryReserved, _Mapping]] = ..., inventory_rejected: _Optional[_Union[InventoryRejected, _Mapping]] = ..., inventory_committed: _Optional[_Union[InventoryCommitted, _Mapping]] = ..., inventory_released: _Optional[_Union[InventoryReleased, _Mapping]] = ..., payment_completed: _Optional[_Union[PaymentCompleted, _Mapping]] = ..., payment_failed: _Optional[_Union[PaymentFailed, _Mapping]] = ..., payment_refunded: _Optional[_Union[PaymentRefunded, _Mapping]] = ..., saga_timed_out: _Optional[_Union[SagaTimedOut, _Mapping]] = ...) -> None: ...
+    def __init__(self, event_id: _Optional[str] = ..., order_id: _Optional[str] = ..., type: _Optional[str] = ..., occurred_at_ms: _Optional[int] = ..., producer: _Optional[str] = ..., schema_version: _Optional[int] = ..., placed_at_ms: _Optional[int] = ..., causation_id: _Optional[str] = ..., place_order: _Optional[_Union[PlaceOrder, _Mapping]] = ..., cancel_order: _Optional[_Union[CancelOrder, _Mapping]] = ..., order_created: _Optional[_Union[OrderCreated, _Mapping]] = ..., order_confirmed: _Optional[_Union[OrderConfirmed, _Mapping]] = ..., order_cancelled: _Optional[_Union[OrderCancelled, _Mapping]] = ..., cancel_rejected: _Optional[_Union[CancelRejected, _Mapping]] = ..., inventory_reserved: _Optional[_Union[InventoryReserved, _Mapping]] = ..., inventory_rejected: _Optional[_Union[InventoryRejected, _Mapping]] = ..., inventory_committed: _Optional[_Union[InventoryCommitted, _Mapping]] = ..., inventory_released: _Optional[_Union[InventoryReleased, _Mapping]] = ..., payment_completed: _Optional[_Union[PaymentCompleted, _Mapping]] = ..., payment_failed: _Optional[_Union[PaymentFailed, _Mapping]] = ..., payment_refunded: _Optional[_Union[PaymentRefunded, _Mapping]] = ..., saga_timed_out: _Optional[_Union[SagaTimedOut, _Mapping]] = ...) -> None: ...

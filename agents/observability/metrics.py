@@ -33,6 +33,15 @@ ORDER_E2E = Histogram(
 )
 SAGA_OUTCOMES = Counter("oms_saga_outcomes", "Finished sagas by outcome and reason",
                         ["outcome", "reason"])
+TRACKER_UNREADABLE_ROWS = Counter(
+    "oms_tracker_unreadable_rows",
+    "Saga table rows the tracker cannot read (written by another version; skipped, logged once)",
+)
+TRACKER_SEND_FAILURES = Counter(
+    "oms_tracker_send_failures",
+    "Tracker sends (CancelOrder, SagaTimedOut) the broker did not take; the timer sends again",
+    ["event_type"],
+)
 HANDLER_SECONDS = Histogram(
     "oms_handler_seconds", "Step handler time", ["service", "event_type"],
     buckets=_LATENCY_BUCKETS,

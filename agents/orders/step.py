@@ -5,6 +5,7 @@
 | PlaceOrder | create PENDING (idempotent on order id) | OrderCreated |
 | PaymentCompleted | confirm if still PENDING, recording the amount charged | OrderConfirmed |
 | InventoryRejected, PaymentFailed, CancelOrder | cancel if not terminal | OrderCancelled |
+| CancelOrder for an order that has ended | answer with its status | CancelRejected |
 
 Orders does not price an order: inventory does, from its catalogue, and
 payments charges that amount. An order's amount is unknown until it is
@@ -20,7 +21,13 @@ import asyncpg
 from agents.messaging.errors import InvalidEvent
 from agents.orders.intake import InvalidOrder, PlaceOrderRequest, check_place_order
 from schemas.codec import new_envelope
-from schemas.oms_pb2 import Envelope, OrderCancelled, OrderConfirmed, OrderCreated
+from schemas.oms_pb2 import (
+    CancelRejected,
+    Envelope,
+    OrderCancelled,
+    OrderConfirmed,
+    OrderCreated,
+)
 from stores import orders
 from stores.orders import CANCELLED, CONFIRMED, PENDING, Order
 
@@ -93,14 +100,30 @@ async def confirm(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope
 
 
 async def cancel(conn: asyncpg.Connection, envelope: Envelope, reason: str) -> list[Envelope]:
-    """Cancel unless terminal; a cancel before the order exists leaves a CANCELLED tombstone."""
+    """Cancel unless terminal; a cancel before the order exists leaves a CANCELLED tombstone.
+
+    A CancelOrder for an order that has ended is answered with CancelRejected:
+    the tracker resends its cancel until it learns the order has ended.
+    """
     order = await orders.transition(conn, envelope.order_id, CANCELLED, reason)
     if order is None:
+        if envelope.type != "CancelOrder":
+            return []
         tombstone = Order(envelope.order_id, "", CANCELLED, None, "EUR", [], "", reason,
                           _placed_at(envelope), _placed_at(envelope))
-        if envelope.type != "CancelOrder" or not await orders.create(conn, tombstone):
-            return []
+        if not await orders.create(conn, tombstone):
+            return await _reject_cancel(conn, envelope)
     body = OrderCancelled(reason=reason)
+    return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)]
+
+
+async def _reject_cancel(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
+    """Tell whoever cancelled an order that has ended how it ended."""
+    order = await orders.get(conn, envelope.order_id)
+    if order is None or order.status == PENDING:
+        # placed by a step that committed after this one's UPDATE: retrying cancels it
+        raise asyncpg.SerializationError(f"order {envelope.order_id} placed concurrently")
+    body = CancelRejected(status=order.status, reason=order.reason or "")
     return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)]
 
 

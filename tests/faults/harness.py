@@ -1,8 +1,9 @@
 """What every fault scenario does: load, inject, wait for quiescence, audit, report.
 
 A scenario places orders through Kafka (as clients do) while its fault runs,
-waits until every order is terminal in the orders database and the audit has
-nothing in flight, then reports one JSON line:
+waits until every order is terminal in the orders database and the audit
+(the databases and every tracker worker's view) has nothing in flight, then
+reports one JSON line:
 
     {"scenario", "orders", "faults_injected", "confirmed", "cancelled", "lost",
      "violations", "seconds_to_quiescence"}
@@ -88,13 +89,19 @@ async def outcome_counts(settings: Settings, order_ids: list[str]) -> dict[str, 
     return counts
 
 
-async def settle(settings: Settings, deadline_s: float) -> AuditReport:
+def tracker_urls(stack: Stack) -> tuple[str, ...]:
+    """Every tracker worker's web address, for the audit of the tracker's view."""
+    return tuple(stack.web_url(name) for name in stack.workers.get("orchestrator", []))
+
+
+async def settle(settings: Settings, deadline_s: float,
+                 trackers: tuple[str, ...] = ()) -> AuditReport:
     """Audit until nothing is in flight, then once more with no grace at all."""
     deadline = time.monotonic() + deadline_s
     while True:
-        report = await audit(settings, settle_grace_s=deadline_s)
+        report = await audit(settings, settle_grace_s=deadline_s, tracker_urls=trackers)
         if (report.in_flight == 0 and report.ok) or time.monotonic() > deadline:
-            return await audit(settings, settle_grace_s=0.0)
+            return await audit(settings, settle_grace_s=0.0, tracker_urls=trackers)
         await asyncio.sleep(0.2)
 
 
@@ -123,7 +130,7 @@ async def run_scenario(
     faults = await inject()
     ids, load_ended = await placing
     lost = await wait_terminal(settings, ids, timeout_s)
-    report = await settle(settings, deadline_s=60.0)
+    report = await settle(settings, deadline_s=60.0, trackers=tracker_urls(stack))
     quiet_s = time.monotonic() - load_ended  # from the end of the load
     counts = await outcome_counts(settings, ids)
     line = {

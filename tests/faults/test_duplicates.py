@@ -41,6 +41,7 @@ from tests.faults.harness import (
     record,
     run_scenario,
     settle,
+    tracker_urls,
 )
 from tests.helpers import eventually
 
@@ -137,7 +138,7 @@ async def test_duplicate_storm(stack: Stack) -> None:
         """Keep the storm up until every saga, compensations included, has settled."""
         try:
             await wait_terminal(stack.settings, ids, SETTLE_TIMEOUT_S)
-            await settle(stack.settings, deadline_s=60.0)
+            await settle(stack.settings, deadline_s=60.0, trackers=tracker_urls(stack))
             await eventually(duplicator.caught_up, bool, 60.0, "duplicator caught up")
         finally:
             await duplicator.stop()
@@ -170,7 +171,7 @@ async def test_full_replay_from_earliest(stack: Stack) -> None:
                          # <= 0: Tansu sometimes reports an end offset one below the commit
                          lambda lags: all(n <= 0 for n in lags.values()), 120.0,
                          f"{service} replay done")
-    report = await settle(settings, deadline_s=60.0)
+    report = await settle(settings, deadline_s=60.0, trackers=tracker_urls(stack))
     after = await table_counts(settings)
     record({"scenario": "full replay of every topic from earliest", "orders":
             report.counts["orders"], "faults_injected": reread,

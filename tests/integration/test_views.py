@@ -21,11 +21,13 @@ from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 TOKEN = "views-test-token"
+SAGA_TIMEOUT_S = 10.0  # the stuck saga below is overdue this long after the tracker sees it
 
 
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    settings = make_settings(tmp_path_factory.mktemp("views"), admin_token=TOKEN)
+    settings = make_settings(tmp_path_factory.mktemp("views"), admin_token=TOKEN,
+                             saga_timeout_s=SAGA_TIMEOUT_S)
     async with running_stack(settings, workers_per_service=2) as running:
         yield running
 
@@ -161,15 +163,19 @@ async def test_mutating_endpoints_need_the_token(
 async def test_stuck_lists_a_saga_nobody_can_cancel(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    """Last test: with the orders workers down, an overdue saga stays stuck."""
+    """Last test: with the orders workers down, an overdue saga stays stuck.
+
+    The event claims the order was placed in 1970: the deadline still counts
+    from when the tracker first saw it, on the tracker's clock.
+    """
     for name in stack.workers["orders"]:
         await stack.supervisor.kill(name)
     order_id = str(uuid.uuid4())
-    hour_ago = new_envelope(order_id, PaymentRefunded(charge_id="ch", amount_cents=1),
-                            producer="test", placed_at_ms=1)
+    skewed = new_envelope(order_id, PaymentRefunded(charge_id="ch", amount_cents=1),
+                          producer="test", placed_at_ms=1)
     async with OrderClient(stack.settings) as client:
         await client.send_raw(stack.settings.topic("payment-events"), order_id.encode(),
-                              encode(hour_ago))
+                              encode(skewed))
 
     async def stuck() -> list[dict[str, Any]]:
         found = []
@@ -177,7 +183,7 @@ async def test_stuck_lists_a_saga_nobody_can_cancel(
             found += (await get(http, f"{stack.web_url(worker)}/sagas/stuck/"))[1]["sagas"]
         return found
 
-    sagas = await eventually(stuck, lambda s: any(x["order_id"] == order_id for x in s), 20,
-                             "stuck saga")
+    sagas = await eventually(stuck, lambda s: any(x["order_id"] == order_id for x in s),
+                             SAGA_TIMEOUT_S + 15, "stuck saga")
     [mine] = [s for s in sagas if s["order_id"] == order_id]
     assert mine["status"] == "RUNNING" and mine["overdue_ms"] > 0

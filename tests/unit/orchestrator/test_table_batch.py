@@ -8,30 +8,18 @@ changelog is not what is under test); the events and the transitions are real.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from pathlib import Path
-from typing import Any
 
-import faust
 from faust.types.tuples import Message
 
 from agents.orchestrator.saga import CONFIRMED, RUNNING
 from agents.orchestrator.table import SagaTracker
 from schemas.codec import encode
 from schemas.oms_pb2 import Envelope, InventoryReserved, OrderConfirmed, OrderCreated
-from tests.conftest import make_settings
 from tests.helpers import envelope
-
-
-class CountingTable(dict[bytes, Any]):
-    """A saga table that counts how often each row is written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: dict[bytes, int] = {}
-
-    def __setitem__(self, key: bytes, value: Any) -> None:
-        self.writes[key] = self.writes.get(key, 0) + 1
-        super().__setitem__(key, value)
+from tests.unit.orchestrator import fakes
+from tests.unit.orchestrator.fakes import FakeTable
 
 
 def message(event: Envelope, offset: int) -> Message:
@@ -39,11 +27,14 @@ def message(event: Envelope, offset: int) -> Message:
                    encode(event), None)
 
 
-def tracker(tmp_path: Path) -> tuple[SagaTracker, CountingTable]:
-    tracked = SagaTracker(faust.App("test-tracker-batch"), make_settings(tmp_path))
-    table = CountingTable()
-    tracked.sagas = table  # type: ignore[assignment]
-    return tracked, table
+def tracker(tmp_path: Path) -> tuple[SagaTracker, FakeTable]:
+    tracked = fakes.tracker(tmp_path)
+    return tracked, fakes.table(tracked)
+
+
+def writes(table: FakeTable) -> dict[bytes, int]:
+    """Changelog records per key."""
+    return dict(Counter(key for key, _ in table.changelog))
 
 
 async def test_a_batch_writes_each_saga_once_with_every_step(tmp_path: Path) -> None:
@@ -55,7 +46,7 @@ async def test_a_batch_writes_each_saga_once_with_every_step(tmp_path: Path) -> 
               envelope(first, OrderConfirmed(amount_cents=500))]
     await tracked.on_batch([message(e, i) for i, e in enumerate(events)])
 
-    assert table.writes == {first.encode(): 1, second.encode(): 1}
+    assert writes(table) == {first.encode(): 1, second.encode(): 1}
     done = table[first.encode()]
     assert done["status"] == CONFIRMED
     assert [s["type"] for s in done["steps"]] == ["OrderCreated", "InventoryReserved",

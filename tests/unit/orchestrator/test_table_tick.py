@@ -2,8 +2,8 @@
 
 An exception out of a Faust timer stops the app (and ``oms up`` stops the
 stack when a worker dies), so a failed send must be logged and retried on a
-later tick. The table is a plain dict here and the send is the failing part;
-what is checked is the tick's own handling.
+later tick. The table is a dict here (``fakes.py``) and the send is the
+failing part; what is checked is the tick's own handling.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import faust
 from aiokafka.errors import KafkaTimeoutError
 
 from agents.orchestrator.saga import RUNNING, Saga
-from agents.orchestrator.table import RESEND_MS, SagaTracker, now_ms
+from agents.orchestrator.table import RESEND_MS, now_ms
 from schemas.oms_pb2 import Envelope
-from tests.conftest import make_settings
+from tests.unit.orchestrator import fakes
 
 OID = "6f1c1c3e-8a6b-4d59-9d0a-2a0b5a1c9e10"
 
@@ -28,8 +27,7 @@ def overdue_saga() -> dict[str, Any]:
 
 
 async def test_a_failed_timeout_send_is_logged_and_retried_later(tmp_path: Path) -> None:
-    tracker = SagaTracker(faust.App("test-tick"), make_settings(tmp_path))
-    tracker.sagas = {OID.encode(): overdue_saga()}  # type: ignore[assignment]
+    tracker = fakes.tracker(tmp_path, {OID.encode(): overdue_saga()})
     attempts: list[Envelope] = []
 
     async def unreachable(key: bytes, event: Envelope) -> None:
@@ -44,3 +42,18 @@ async def test_a_failed_timeout_send_is_logged_and_retried_later(tmp_path: Path)
     tracker._timeouts_sent[OID.encode()] -= RESEND_MS + 1  # as if RESEND_MS had passed
     await tracker.tick()
     assert len(attempts) == 2
+
+
+async def test_a_timed_out_saga_is_timed_out_again_until_it_ends(tmp_path: Path) -> None:
+    """Its CancelOrder may have been lost; each SagaTimedOut makes the tracker resend it."""
+    tracker = fakes.tracker(tmp_path, {OID.encode(): {**overdue_saga(), "timed_out": True}})
+    sent: list[Envelope] = []
+
+    async def send(key: bytes, event: Envelope) -> None:
+        sent.append(event)
+
+    tracker._send_timeout = send  # type: ignore[method-assign]
+    await tracker.tick()
+    tracker._timeouts_sent[OID.encode()] -= RESEND_MS + 1  # as if RESEND_MS had passed
+    await tracker.tick()
+    assert [e.type for e in sent] == ["SagaTimedOut", "SagaTimedOut"]
