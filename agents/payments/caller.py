@@ -23,7 +23,6 @@ from typing import TypeVar
 
 import asyncpg
 
-from agents.messaging.errors import TRANSIENT_ERRORS
 from agents.messaging.relay import OutboxRelay
 from agents.messaging.retry import Backoff
 from agents.observability import metrics
@@ -124,7 +123,7 @@ class PspCaller:
                             await self._claim_forever(conn, pool, gateway)
                         finally:
                             conn.terminate()  # it listens: never hand it back to the pool
-                except TRANSIENT_ERRORS as exc:
+                except Exception as exc:  # noqa: BLE001 - no input to blame: counted, retried
                     self.connected = False
                     self._retrying("claim", exc, backoff)
                     await backoff.wait()
@@ -193,7 +192,7 @@ class PspCaller:
         while True:
             try:
                 return await step.ask(gateway, intent, uncertain=uncertain)
-            except (GatewayUnavailable, GatewayTimeout) as exc:
+            except Exception as exc:  # noqa: BLE001 - unavailable, timed out, or unknown
                 uncertain = True  # the request may have arrived: ask before charging again
                 self._retrying("psp", exc, backoff, intent)
                 await backoff.wait()
@@ -215,13 +214,13 @@ class PspCaller:
                     )
                     following = await payments.next_intent(conn, intent, self._lease_s)
                 break
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:  # noqa: BLE001 - a read-only or lost database: retried
                 self._retrying("settle", exc, backoff, intent)
                 await backoff.wait()
         self._relay.committed(rows)
         return following
 
-    def _retrying(self, stage: str, exc: BaseException, backoff: Backoff,
+    def _retrying(self, stage: str, exc: Exception, backoff: Backoff,
                   intent: Intent | None = None) -> None:
         metrics.PSP_CALLER_RETRIES.labels(stage, type(exc).__name__).inc()
         what = f" ({intent.status} {intent.order_id})" if intent else ""
