@@ -40,6 +40,7 @@ from tests.faults.harness import (
     fault_stack,
     judge,
     mixed_orders,
+    outcome_counts,
     place,
     record,
     run_scenario,
@@ -269,12 +270,11 @@ async def test_full_replay_from_earliest(stack: Stack) -> None:
     report = await settle(settings, deadline_s=60.0)
     after = await snapshot(settings)
     verdict = await judge(settings, requests, scarce_before)
-    counts = {s: sum(1 for _, status, *_ in after["orders.orders"] if status == s)
-              for s in ("CONFIRMED", "CANCELLED", "PENDING")}
-    record({"scenario": "full replay of every topic from earliest", "orders":
-            len(after["orders.orders"]), "faults_injected": reread,
-            "confirmed": counts["CONFIRMED"], "cancelled": counts["CANCELLED"],
-            "lost": counts["PENDING"], "timeouts": verdict.timeouts,
+    counts = await outcome_counts(settings, ids)
+    record({"scenario": "full replay of every topic from earliest", "orders": len(ids),
+            "faults_injected": reread, "confirmed": counts.get("CONFIRMED", 0),
+            "cancelled": counts.get("CANCELLED", 0), "lost": counts.get("PENDING", 0),
+            "timeouts": verdict.timeouts,
             "wrong_outcome": len(verdict.wrong), "violations": report.summary()["violations"],
             "seconds_to_quiescence": round(asyncio.get_running_loop().time() - started, 1)})
     assert reread >= len(requests) * 5, "the replay re-read less than this test's history"
