@@ -27,6 +27,17 @@ from stores.db import create_pool, prepare_database
 TEST_DATABASE_URL = os.environ.get("OMS_TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reverse", action="store_true",
+                     help="run the collected tests in reverse order (proves they are independent)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--reverse``: a test that needs another to run first fails this way."""
+    if config.getoption("--reverse"):
+        items.reverse()
+
+
 def make_settings(tmp: Path, **overrides: object) -> Settings:
     """Settings for a test system: its own databases, data dir and web ports."""
     values: dict[str, object] = {

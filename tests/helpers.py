@@ -7,8 +7,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import aiohttp
 import asyncpg
 from google.protobuf.message import Message
+from prometheus_client.parser import text_string_to_metric_families
 
 from agents.dev.catalogue import price_of
 from agents.messaging.unit_of_work import Handler, StepResult, apply_step
@@ -17,6 +19,8 @@ from schemas.codec import decode, new_envelope
 from schemas.oms_pb2 import Envelope, OrderLine
 
 T = TypeVar("T")
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+"""Prometheus samples keyed by (name, labels)."""
 
 
 def envelope(order_id: str, body: Message, producer: str = "test") -> Envelope:
@@ -60,3 +64,22 @@ async def query(settings: Settings, service: str, sql: str, *args: object) -> li
         return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+async def scrape(url: str) -> Samples:
+    """Every sample of one worker's ``/metrics`` (``url`` is the worker's base URL)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
+            http.get(url + "/metrics") as resp:
+        assert resp.status == 200, (url, resp.status)
+        text = await resp.text()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, got), v in samples.items() if n == name and want <= got)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
+import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,8 +19,10 @@ from agents.dev.demo import wait_terminal
 from agents.dev.stack import Stack
 from agents.messaging.client import OrderClient
 from agents.orders.intake import LineRequest, PlaceOrderRequest
+from config import Settings
+from schemas.codec import decode
 from tests.conftest import make_settings, running_stack
-from tests.helpers import eventually
+from tests.helpers import eventually, query
 
 pytestmark = pytest.mark.e2e
 
@@ -114,12 +118,55 @@ async def test_payments_counts_gateway_calls_by_result(settled: Stack) -> None:
                  service="payments", event_type="InventoryReserved") == PLACED
 
 
-async def test_outbox_backlog_drains_to_zero(settled: Stack) -> None:
-    for service in ("orders", "inventory", "payments"):
-        await settles(settled, service, "oms_outbox_backlog", 0, service=service)
-        published = value(await scrape(settled, service), "oms_outbox_published_total",
-                          service=service)
-        assert published is not None and published >= PLACED
+@asynccontextmanager
+async def unmarkable_row(settings: Settings, service: str, event_type: str
+                         ) -> AsyncIterator[int]:
+    """A new copy of one of the service's ``event_type`` outbox rows, held unsent.
+
+    The relay publishes it (a duplicate the consumers' inboxes absorb) but cannot
+    mark it sent while this holds its row lock, so it stays in the backlog until
+    the context exits. A relay quick enough to mark it before the lock is taken
+    gets another copy.
+    """
+    conn = await asyncpg.connect(settings.dsn(service))
+    try:
+        rows = await conn.fetch("SELECT id, value FROM outbox ORDER BY id")
+        [source, *_] = [r["id"] for r in rows if decode(r["value"]).type == event_type]
+        for _ in range(5):
+            row_id = await conn.fetchval(
+                "INSERT INTO outbox (topic, key, value, headers) SELECT topic, key, value,"
+                " headers FROM outbox WHERE id = $1 RETURNING id", source)
+            held = conn.transaction()
+            await held.start()
+            if await conn.fetchval("SELECT sent_at IS NULL FROM outbox WHERE id = $1"
+                                   " FOR UPDATE", row_id):
+                break
+            await held.rollback()
+        else:
+            raise AssertionError(f"{service}: the relay marked every copy before the lock")
+        try:
+            yield row_id
+        finally:
+            await held.rollback()  # releases the lock: the relay's mark goes through
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize(("service", "event_type"), [
+    ("orders", "OrderConfirmed"), ("inventory", "InventoryCommitted"),
+    ("payments", "PaymentCompleted")])
+async def test_outbox_backlog_counts_unpublished_rows_and_drains(
+    settled: Stack, service: str, event_type: str
+) -> None:
+    """0 alone would also be what a gauge nobody sets shows: make it count a row first."""
+    await settles(settled, service, "oms_outbox_backlog", 0, service=service)
+    async with unmarkable_row(settled.settings, service, event_type):
+        await settles(settled, service, "oms_outbox_backlog", 1, service=service)
+    await settles(settled, service, "oms_outbox_backlog", 0, service=service)
+    published = value(await scrape(settled, service), "oms_outbox_published_total",
+                      service=service)
+    [rows] = await query(settled.settings, service, "SELECT count(*) FROM outbox")
+    assert published == rows[0]  # every row published once, the held one included
 
 
 async def test_consumer_lag_is_reported_per_owned_partition_and_drains(settled: Stack) -> None:

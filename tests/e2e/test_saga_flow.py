@@ -111,9 +111,15 @@ async def test_http_intake_accepts_valid_and_names_the_bad_field(stack: Stack) -
 
 
 async def test_all_invariants_hold_after_the_flows(stack: Stack) -> None:
+    """Its own flows too, so it audits something when it runs alone."""
+    ids = [await place(stack.settings, order()), await place(stack.settings, order("tok_decline")),
+           await place(stack.settings, order(sku="SKU-SOLDOUT", qty=1))]
+    assert [(await terminal(stack.settings, oid))["status"] for oid in ids] == [
+        "CONFIRMED", "CANCELLED", "CANCELLED"]
+
     async def clean() -> object:
         return await audit(stack.settings, settle_grace_s=0)
 
     report = await eventually(clean, lambda r: r.ok and r.in_flight == 0, timeout_s=30,
                               what="clean audit")
-    assert report.counts["pending"] == 0
+    assert report.counts["pending"] == 0 and report.counts["orders"] >= len(ids)

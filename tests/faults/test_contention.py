@@ -45,19 +45,17 @@ async def test_last_units_never_oversold(stack: Stack) -> None:
         return 0  # the fault is the race itself
 
     line = await run_scenario(stack, "contention for the last units", requests, inject)
-    assert line["lost"] == 0 and line["violations"] == 0
+    assert line["timeouts"] == 0
     stock = {r["sku"]: r for r in await query(
         stack.settings, "inventory",
         "SELECT sku, total, available, reserved, sold FROM stock WHERE sku = ANY($1)",
         [SCARCE_SKU, SOLD_OUT_SKU])}
     confirmed_scarce = await _confirmed(stack, [str(r.order_id) for r in scarce])
-    assert stock[SCARCE_SKU]["sold"] == confirmed_scarce <= SCARCE_UNITS
-    assert stock[SCARCE_SKU]["reserved"] == 0
-    assert stock[SCARCE_SKU]["sold"] + stock[SCARCE_SKU]["available"] == SCARCE_UNITS
+    # demand exceeds the units: every unit is sold, none twice, none left reserved
+    assert stock[SCARCE_SKU]["sold"] == confirmed_scarce == SCARCE_UNITS
+    assert stock[SCARCE_SKU]["reserved"] == stock[SCARCE_SKU]["available"] == 0
     assert stock[SOLD_OUT_SKU]["sold"] == 0
     assert await _confirmed(stack, [str(r.order_id) for r in sold_out]) == 0
-    if "saga timed out" not in line["cancel_reasons"]:
-        assert confirmed_scarce == SCARCE_UNITS, "units left unsold although demand exceeded them"
     await all_ready(stack)
 
 

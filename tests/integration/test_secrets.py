@@ -70,9 +70,11 @@ async def test_secrets_never_leak(stack: Stack) -> None:
                     seen.append(await resp.text())
     seen.append(await _oms_check_output(stack))
     seen.append(str(settings.redacted_database_url()))
-    seen += [p.read_text(errors="replace")
-             for p in (Path(settings.data_dir) / "logs").glob("*.log")]
-    assert len(seen) > 8
+    logs = {p.stem: p.read_text(errors="replace")
+            for p in (Path(settings.data_dir) / "logs").glob("*.log")}
+    assert set(logs) == {n for names in stack.workers.values() for n in names}  # all read
+    assert all(logs.values()), "a worker log is empty"
+    seen += logs.values()
     for text in seen:
         assert PASSWORD not in text, "database password leaked"
         assert TOKEN not in text, "admin token leaked"

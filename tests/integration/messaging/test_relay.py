@@ -176,11 +176,36 @@ async def test_the_safety_read_finds_a_row_whose_notify_was_lost_while_hand_over
             await stop(busy)
 
 
-def test_a_relay_that_does_not_lead_ignores_rows_handed_to_it() -> None:
-    """The step that committed them sent a NOTIFY, which wakes the leader wherever it runs."""
-    relay = OutboxRelay(make_settings(Path("unused")), "orders", Recorder())
-    relay.committed([messaging.OutboxMessage("t", b"k", b"v", id=1)])
-    assert not relay._wake.is_set()
+async def test_a_relay_that_does_not_lead_ignores_rows_handed_to_it(
+    relay_db: Settings, pool: asyncpg.Pool
+) -> None:
+    """The step that committed them sent a NOTIFY, which wakes the leader wherever it runs.
+
+    A standby that kept them would publish them again once it leads, long after
+    the leader published them: the effect checked here.
+    """
+    key = uuid.uuid4().bytes
+    leader_sent, standby_sent = Recorder(), Recorder()
+    leader = OutboxRelay(relay_db, "orders", leader_sent,
+                         safety_poll_s=NO_SAFETY_POLL_S)
+    leader_task = await started(leader)
+    await until(lambda: leader.is_leader, "leader")
+    standby = OutboxRelay(relay_db, "orders", standby_sent, safety_poll_s=0.2)
+    standby_task = await started(standby)
+    try:
+        standby.committed(await enqueue(pool, key, [b"handed"], notify=False))
+        await enqueue(pool, key, [b"first"], notify=True)  # the leader reads the table
+        await until(lambda: leader_sent.values(key) == [b"handed", b"first"], "leader published")
+        await all_marked(pool, key)
+        await stop(leader_task)  # the standby takes over
+        await until(lambda: standby.is_leader, "standby leads")
+        for value in (b"second", b"third"):  # the third: after any hand-over it still held
+            await enqueue(pool, key, [value], notify=True)
+            await until(lambda v=value: v in standby_sent.values(key), "new leader published")
+        assert standby_sent.values(key) == [b"second", b"third"]  # nothing handed as a standby
+    finally:
+        await stop(leader_task)
+        await stop(standby_task)
 
 
 async def test_only_one_of_two_relays_publishes_and_the_other_takes_over(

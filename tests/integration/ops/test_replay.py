@@ -15,6 +15,7 @@ from agents.dev.stack import Stack
 from agents.messaging.client import OrderClient
 from agents.ops import replay
 from agents.orders.intake import LineRequest, PlaceOrderRequest
+from schemas.codec import body_of, decode
 from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 
@@ -26,6 +27,7 @@ TABLES = {  # table -> columns that a replay must reproduce exactly (no wall-clo
     "reservations": "order_id, status, reason",
     "reservation_lines": "order_id, sku, quantity",
     "inbox": "event_id, event_type",
+    "outbox": "id, topic, key, value, headers::text",
 }
 
 
@@ -70,6 +72,22 @@ async def dump(stack: Stack) -> dict[str, list[tuple[object, ...]]]:
         await conn.close()
 
 
+async def events(stack: Stack) -> list[tuple[object, ...]]:
+    """The outbox as the events it holds: what was emitted, for which cause, ignoring the
+    fresh event ids and timestamps a re-emission gets."""
+    conn = await asyncpg.connect(stack.settings.dsn(SERVICE))
+    try:
+        rows = await conn.fetch("SELECT topic, key, value FROM outbox")
+    finally:
+        await conn.close()
+    found = []
+    for row in rows:
+        event = decode(row["value"])
+        found.append((row["topic"], row["key"], event.type, event.causation_id,
+                      body_of(event).SerializeToString(deterministic=True)))
+    return sorted(found)
+
+
 async def stop_worker(stack: Stack) -> None:
     await stack.supervisor.kill(WORKER)
 
@@ -112,31 +130,39 @@ async def test_replaying_the_whole_history_changes_nothing(stack: Stack) -> None
 
 
 async def test_replay_rebuilds_a_restored_backup(stack: Stack) -> None:
-    """Restore an older copy of the database (inbox included); replay brings the rest back."""
+    """Restore an older copy of the database (inbox and outbox included); replay brings the
+    rest back. The re-emitted events are new rows (new ids and event ids) for the same
+    causes with the same content."""
     await run_orders(stack, 4)
     backup = await dump(stack)
     started = datetime.now(UTC)
     await run_orders(stack, 8)
-    latest = await dump(stack)
+    latest, latest_events = await dump(stack), await events(stack)
     assert latest != backup
     await stop_worker(stack)
     await restore(stack, backup)
     assert await dump(stack) == backup
     await replay.replay(stack.settings, SERVICE, replay.Target(time=started), evict_stale=True)
     await restart_worker(stack)
-    assert await dump(stack) == latest
+    rebuilt = await dump(stack)
+    assert {t: rows for t, rows in rebuilt.items() if t != "outbox"} == {
+        t: rows for t, rows in latest.items() if t != "outbox"}
+    assert await events(stack) == latest_events
 
 
 async def restore(stack: Stack, backup: dict[str, list[tuple[object, ...]]]) -> None:
     conn = await asyncpg.connect(stack.settings.dsn(SERVICE))
     try:
         async with conn.transaction():
-            await conn.execute("TRUNCATE reservation_lines, reservations, inbox")
+            await conn.execute("TRUNCATE reservation_lines, reservations, inbox, outbox")
             for table in ("reservations", "reservation_lines", "inbox"):
                 cols = TABLES[table]
                 marks = ", ".join(f"${i + 1}" for i in range(len(cols.split(","))))
                 await conn.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})",
                                        backup[table])
+            await conn.executemany(  # published long before the backup was taken
+                "INSERT INTO outbox (id, topic, key, value, headers, sent_at)"
+                " VALUES ($1, $2, $3, $4, $5::jsonb, now())", backup["outbox"])
             await conn.executemany(
                 "UPDATE stock SET available = $2, reserved = $3, sold = $4 WHERE sku = $1",
                 [(row[0], *row[3:]) for row in backup["stock"]])
