@@ -169,7 +169,12 @@ async def _scan(
     consumer: AIOKafkaConsumer, topic: str, start: Position | None
 ) -> AsyncGenerator[ConsumerRecord[bytes, bytes], None]:
     """The records of ``topic`` from ``start`` (else the beginning) up to the end offsets,
-    partition by partition, one fetch in memory at a time."""
+    partition by partition, one fetch in memory at a time.
+
+    Every record a fetch returns is kept, also past the reported end: Tansu
+    reports a partition's end as its last batch's base offset + 1, and the rest
+    of that batch arrives in the fetch that reaches it.
+    """
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         await consumer._client.force_metadata_update()  # noqa: SLF001 - fresh client
@@ -188,8 +193,7 @@ async def _scan(
                 raise TimeoutError(f"could not read {tp} up to offset {end} in {READ_TIMEOUT_S}s")
             batch = await consumer.getmany(tp, timeout_ms=200, max_records=500)
             for record in batch.get(tp, ()):
-                if record.offset < end:
-                    yield record
+                yield record
 
 
 def _letter(record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
