@@ -152,20 +152,21 @@ class SagaTracker:
             with tracing.consuming(SERVICE, envelope, message.topic, message.headers,
                                    message.partition, message.offset):
                 try:
-                    await self._apply(envelope, touched)
+                    await self._apply(envelope, touched, tracing.trace_id_of(message.headers))
                 except InvalidSagaEvent as exc:
                     await self._dead_letter(message, f"invalid {envelope.type}: {exc}")
         for key, saga in touched.items():
             self.sagas[key] = saga.as_dict()
 
-    async def _apply(self, envelope: Envelope, touched: dict[bytes, Saga]) -> None:
+    async def _apply(self, envelope: Envelope, touched: dict[bytes, Saga],
+                     trace_id: str = "") -> None:
         """Run one event through :func:`transition` and send the commands it decided."""
         key = envelope.order_id.encode()
         before = touched.get(key)
         if before is None:
             before = self._read(key, self.sagas.get(key))
         was_finished = before.finished if before else False
-        saga, commands = transition(before, envelope, now_ms(), self.timeout_ms)
+        saga, commands = transition(before, envelope, now_ms(), self.timeout_ms, trace_id)
         touched[key] = saga
         for command in commands:
             await self._send_command(command)
