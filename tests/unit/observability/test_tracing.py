@@ -104,3 +104,4 @@ def test_the_trace_id_of_kafka_or_outbox_headers() -> None:
     assert tracing.trace_id_of([]) == ""
     assert tracing.trace_id_of(None) == ""
     assert tracing.trace_id_of([("traceparent", b"00-nonsense")]) == ""
+    assert tracing.trace_id_of({"traceparent": parent.encode()}) == parent[3:35]
