@@ -133,7 +133,7 @@ class Query:
         first = heapq.nsmallest(self.limit + 1, found, key=self.key)
         return first[:self.limit], len(first) > self.limit
 
-    def cursor(self, row: Mapping[str, Any]) -> str:
+    def cursor_of(self, row: Mapping[str, Any]) -> str:
         """The opaque cursor of the page that ends with ``row``."""
         text = json.dumps({"sort": self.sort, "key": list(self.key(row))})
         return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
@@ -174,7 +174,7 @@ def merge_pages(query: Query, pages: Iterable[tuple[list[dict[str, Any]], bool]]
     ordered = sorted(newest.values(), key=query.key)
     shown = ordered[:query.limit]
     more = more or len(ordered) > query.limit
-    return shown, query.cursor(shown[-1]) if more and shown else None
+    return shown, query.cursor_of(shown[-1]) if more and shown else None
 
 
 def _statuses(text: str) -> frozenset[str]:

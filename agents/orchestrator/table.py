@@ -102,6 +102,24 @@ class SagaTracker:
         return [saga for key, row in self._owned_rows()
                 if not finished_row(row) and (saga := self._read(key, row)) is not None]
 
+    def owned_rows(self) -> list[dict[str, Any]]:
+        """The stored rows of the sagas this worker owns, unread: a search filters and sorts
+        these, then reads only the page it shows (:meth:`read_row`)."""
+        return [row for _, row in self._owned_rows() if isinstance(row, dict)]
+
+    def read_row(self, row: dict[str, Any]) -> Saga | None:
+        """A row of :meth:`owned_rows` as a :class:`Saga` (None if unreadable)."""
+        return self._read(str(row.get("order_id", "")).encode(), row)
+
+    def counts_by_partition(self) -> dict[int, dict[str, int]]:
+        """Sagas per status in each partition this worker owns (every owned one listed)."""
+        counts: dict[int, dict[str, int]] = {p: {} for p in self.ownership.owned()}
+        for key, row in self._owned_rows():
+            status = str(row.get("status")) if isinstance(row, dict) else "UNREADABLE"
+            of_partition = counts.setdefault(self.ownership.partition(key), {})
+            of_partition[status] = of_partition.get(status, 0) + 1
+        return counts
+
     def owned_partitions(self) -> list[int]:
         """The table partitions this worker owns, in order."""
         return sorted(self.ownership.owned())

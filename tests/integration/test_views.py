@@ -85,7 +85,7 @@ async def test_saga_by_order_id_answers_from_every_tracker_worker(
 async def test_counts_are_split_between_workers_and_add_up(
     stack: Stack, http: aiohttp.ClientSession, finished: list[str]
 ) -> None:
-    bodies = [(await get(http, f"{stack.web_url(w)}/sagas/"))[1]
+    bodies = [(await get(http, f"{stack.web_url(w)}/sagas/?scope=local"))[1]
               for w in stack.workers["orchestrator"]]
     assert all(b["scope"] == "this worker's partitions" for b in bodies)
     assert sum(b["counts"].get("CONFIRMED", 0) for b in bodies) >= 5
@@ -101,7 +101,8 @@ async def test_in_flight_lists_a_saga_waiting_on_the_gateway(
     async def in_flight() -> list[str]:
         ids = []
         for worker in stack.workers["orchestrator"]:
-            _, body = await get(http, f"{stack.web_url(worker)}/sagas/in-flight/?limit=50")
+            url = f"{stack.web_url(worker)}/sagas/in-flight/?limit=50&scope=local"
+            _, body = await get(http, url)
             ids += [s["order_id"] for s in body["sagas"]]
         return ids
 
@@ -180,7 +181,8 @@ async def test_stuck_lists_a_saga_nobody_can_cancel(
     async def stuck() -> list[dict[str, Any]]:
         found = []
         for worker in stack.workers["orchestrator"]:
-            found += (await get(http, f"{stack.web_url(worker)}/sagas/stuck/"))[1]["sagas"]
+            url = f"{stack.web_url(worker)}/sagas/stuck/?scope=local"
+            found += (await get(http, url))[1]["sagas"]
         return found
 
     sagas = await eventually(stuck, lambda s: any(x["order_id"] == order_id for x in s),

@@ -74,14 +74,14 @@ def test_cursor_pages_walk_every_saga_once_in_order() -> None:
             seen += [r["order_id"] for r in page]
             if not more:
                 break
-            cursor = page_query.cursor(page[-1])
+            cursor = page_query.cursor_of(page[-1])
         assert seen == [r["order_id"] for r in sorted(rows, key=query.key)], sort
         assert len(set(seen)) == len(rows)
 
 
 def test_a_cursor_is_for_one_sort_only() -> None:
     query = Query.parse({"sort": "oldest"})
-    cursor = query.cursor(row())
+    cursor = query.cursor_of(row())
     assert Query.parse({"sort": "oldest", "cursor": cursor}).after is not None
     with pytest.raises(BadQuery, match="^cursor: made for sort='oldest'"):
         Query.parse({"sort": "newest", "cursor": cursor})
