@@ -24,6 +24,7 @@ from agents.messaging.client import OrderClient
 from agents.observability.tracing import read_spans
 from agents.orchestrator.ownership import Ownership
 from agents.orders.intake import LineRequest, PlaceOrderRequest
+from schemas.codec import encode
 from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually
 
@@ -238,6 +239,43 @@ async def test_an_operator_cancels_a_saga_with_the_token_only(
                                lambda r: r[0] == 200 and r[1]["status"] == "CANCELLED", 30,
                                "the cancelled saga")
     assert saga["reason"] == "cancelled by operator"
+
+
+async def park(stack: Stack, tag: str) -> str:
+    """A valid PlaceOrder parked as a dead letter (its cause since fixed); its order id."""
+    order_id = str(uuid.uuid4())
+    value = encode(order(order_id, "console-redrive").to_envelope("test"))
+    headers = [("oms-dlq-reason", f"simulated: {tag}".encode()),
+               ("oms-dlq-service", b"orders"), ("oms-dlq-topic", b"oms.order-commands"),
+               ("oms-dlq-partition", b"0"), ("oms-dlq-offset", b"0")]
+    async with OrderClient(stack.settings) as client:
+        await client._producer.send_and_wait(stack.settings.topic("dead-letters"), value,
+                                             key=order_id.encode(), headers=headers)
+    return order_id
+
+
+async def test_an_operator_redrives_one_dead_letter_by_its_position(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    tag = uuid.uuid4().hex
+    kept, chosen = await park(stack, tag), await park(stack, tag)
+    base, good = stack.web_url("orchestrator-0"), {"Authorization": f"Bearer {TOKEN}"}
+    async with http.get(f"{base}/dead-letters/?reason_contains={tag}", headers=good) as resp:
+        letters = {x["key"]: x for x in (await resp.json())["dead_letters"]}
+    assert set(letters) == {kept, chosen}
+    at = f"{letters[chosen]['partition']}:{letters[chosen]['offset']}"
+    redrive = f"{base}/dead-letters/redrive/"
+    async with http.post(redrive, json={"at": "first"}, headers=good) as resp:
+        assert resp.status == 400 and "at: " in (await resp.json())["error"]
+    async with http.post(redrive, json={"at": at}) as resp:
+        assert resp.status == 401
+    async with http.post(redrive, json={"at": at}, headers=good) as resp:
+        done = await resp.json()
+    assert [(x["key"], x["redriven"]) for x in done["items"]] == [(chosen, True)]
+    assert await wait_terminal(stack.settings, [chosen], 30) == 0
+    async with http.post(redrive, json={"at": at}, headers=good) as resp:
+        assert (await resp.json())["items"] == []  # once only
+    assert await wait_terminal(stack.settings, [kept], 0.5) == 1  # the other one stays parked
 
 
 async def test_lists_mark_what_they_miss_while_a_tracker_worker_restarts(
