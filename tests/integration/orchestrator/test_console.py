@@ -101,7 +101,7 @@ async def place(stack: Stack, *requests: PlaceOrderRequest) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-async def customer(stack: Stack) -> tuple[str, list[str], str]:
+async def customer(stack: Stack, http: aiohttp.ClientSession) -> tuple[str, list[str], str]:
     """Eight finished orders of one customer, two in every partition; one declined."""
     name = f"console-{uuid.uuid4().hex[:8]}"
     ids = ids_per_partition(stack.settings.partitions, 2)
@@ -114,6 +114,9 @@ async def customer(stack: Stack) -> tuple[str, list[str], str]:
     filler = ids_per_partition(stack.settings.partitions, 1)
     await place(stack, *[order(oid, "filler") for oid in filler])
     assert await wait_terminal(stack.settings, filler, 60) == 0
+    finished = f"customer={name}&status=CONFIRMED,CANCELLED"  # the tracker reads after orders
+    await eventually(lambda: search(http, stack, "orchestrator-0", finished),
+                     lambda r: len(r[1]["sagas"]) == len(ids), 30, "the tracker saw them finish")
     return name, ids, declined
 
 
