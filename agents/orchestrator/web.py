@@ -89,13 +89,17 @@ def add_tracker_views(app: AppT, tracker: SagaTracker, settings: Settings) -> No
                           "coverage": coverage(answers, settings.partitions)})
 
     def local_counts() -> Body:
-        counts, now = tracker.counts(), now_ms()
+        by_partition, now = tracker.counts_by_partition(), now_ms()
+        counts: dict[str, int] = {}
+        for of_partition in by_partition.values():
+            for state, n in of_partition.items():
+                counts[state] = counts.get(state, 0) + n
         overdue = [{"order_id": s.order_id, "overdue_ms": now - s.deadline_ms}
                    for s in tracker.running_sagas() if now > s.deadline_ms]
         return {"counts": counts, "total": sum(counts.values()), "scope": LOCAL_SCOPE,
                 "partitions": tracker.owned_partitions(), "settled": tracker.settled(),
                 "overdue": overdue, "now": iso(now), "worker": status(),
-                "by_partition": {str(p): c for p, c in tracker.counts_by_partition().items()}}
+                "by_partition": {str(p): c for p, c in by_partition.items()}}
 
     @app.page("/sagas/")
     class SagaCounts(View):
