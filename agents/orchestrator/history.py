@@ -111,7 +111,8 @@ def summarise(answers: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Several workers' :meth:`History.minutes` as one: per minute and over them all.
 
     Each row: sagas finished (by outcome), finished per second, p50 and p99 in
-    milliseconds (None when nothing finished).
+    milliseconds (None when nothing finished). The window is the newest minutes,
+    as many as one worker answers.
     """
     given = list(answers)
     bounds: list[float] = next((a["bounds"] for a in given if a.get("bounds")), [])
@@ -126,12 +127,16 @@ def summarise(answers: Iterable[dict[str, Any]]) -> dict[str, Any]:
             into["seconds"] = max(into["seconds"], row["seconds"])
             for outcome, n in row["outcomes"].items():
                 into["outcomes"][outcome] = into["outcomes"].get(outcome, 0.0) + n
-    minutes = [{"start_ms": start, **_figures(bounds, row)}
-               for start, row in sorted(merged.items())]
-    total = {"buckets": [sum(col) for col in zip(*(r["buckets"] for r in merged.values()),
-                                                 strict=True)] or [0.0] * (len(bounds) + 1),
-             "seconds": sum(r["seconds"] for r in merged.values()),
-             "outcomes": _add(r["outcomes"] for r in merged.values())}
+    # workers sampled on either side of a minute's start disagree on the newest minute:
+    # keep as many minutes as one worker answers, the newest
+    shown = max((len(a.get("minutes", [])) for a in given), default=0)
+    kept = sorted(merged.items())[-shown:] if shown else []
+    minutes = [{"start_ms": start, **_figures(bounds, row)} for start, row in kept]
+    rows = [row for _, row in kept]
+    total = {"buckets": [sum(col) for col in zip(*(r["buckets"] for r in rows), strict=True)]
+             or [0.0] * (len(bounds) + 1),
+             "seconds": sum(r["seconds"] for r in rows),
+             "outcomes": _add(r["outcomes"] for r in rows)}
     return {"step_s": STEP_S, "minutes": minutes, "window": _figures(bounds, total)}
 
 

@@ -80,3 +80,11 @@ def test_the_ring_keeps_ten_minutes() -> None:
         history.sample()
     assert len(history._snapshots) <= 600 / 5 + 2  # noqa: SLF001
     assert len(history.minutes()["minutes"]) == 10
+
+
+def test_workers_sampled_on_either_side_of_a_minute_still_give_ten_minutes() -> None:
+    """One worker's last snapshot is in the new minute, the other's still in the old one."""
+    late, early = (History(histogram(), clock=Clock(at)) for at in (T0 + 1_000, T0 - 1_000))
+    merged = summarise([late.minutes(), early.minutes()])
+    assert len(merged["minutes"]) == 10
+    assert merged["minutes"][-1]["start_ms"] == T0  # the newest minute any worker is in
