@@ -178,6 +178,17 @@ class Settings(BaseSettings):
         default=6066, description="orders, inventory, payments, tracker in order"
     )
     admin_token: SecretStr | None = None
+    console_peer_timeout_s: float = Field(
+        default=2.0, gt=0,
+        description="how long a tracker worker waits for each other worker's part of a"
+        " cluster-wide console answer; one that is later is reported as not answering",
+    )
+    trace_ui_url: str = Field(
+        default="", pattern=r"^$|^https?://.*\{trace_id\}",
+        description="link to one trace in a tracing UI, with {trace_id} in it (compose:"
+        " Jaeger's http://localhost:16686/trace/{trace_id}); empty = the console shows the"
+        " trace id without a link",
+    )
 
     # --- Observability --------------------------------------------------------
     otel_exporter: Literal["none", "otlp", "console", "memory", "jsonl"] = "none"

@@ -54,8 +54,12 @@ class Filters:
     topic: str | None = None
     reason_contains: str | None = None
     limit: int | None = None
+    at: Position | None = None
+    """One dead letter by its place in the topic (the console's re-drive button)."""
 
     def match(self, letter: DeadLetter) -> bool:
+        if self.at is not None and Position(letter.partition, letter.offset) != self.at:
+            return False
         if self.service and letter.service != self.service:
             return False
         if self.topic and letter.source_topic not in (self.topic, f"oms.{self.topic}"):

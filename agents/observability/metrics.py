@@ -42,6 +42,11 @@ TRACKER_SEND_FAILURES = Counter(
     "Tracker sends (CancelOrder, SagaTimedOut) the broker did not take; the timer sends again",
     ["event_type"],
 )
+CONSOLE_PEER_FAILURES = Counter(
+    "oms_console_peer_failures",
+    "Tracker workers that did not answer another worker's cluster-wide list in time, by error",
+    ["error"],
+)
 HANDLER_SECONDS = Histogram(
     "oms_handler_seconds", "Step handler time", ["service", "event_type"],
     buckets=_LATENCY_BUCKETS,

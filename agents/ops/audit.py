@@ -104,12 +104,12 @@ TrackerView = dict[str, Any] | str
 
 
 async def tracker_views(urls: tuple[str, ...]) -> dict[str, TrackerView]:
-    """Each tracker worker's ``/sagas/`` answer (counts, owned partitions, overdue sagas)."""
+    """Each tracker worker's own ``/sagas/?scope=local`` (counts, partitions, overdue sagas)."""
     views: dict[str, TrackerView] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         for url in urls:
             try:
-                async with http.get(url.rstrip("/") + "/sagas/") as resp:
+                async with http.get(url.rstrip("/") + "/sagas/?scope=local") as resp:
                     resp.raise_for_status()
                     views[url] = await resp.json()
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

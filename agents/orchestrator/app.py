@@ -38,6 +38,6 @@ def build(settings: Settings) -> faust.App:
     add_health_views(app, SERVICE, lambda: {
         "table_recovered": _recovered(app),
         "dead_letters_publishing": not tracker.dead_letters.failing})
-    add_tracker_views(app, tracker)
+    add_tracker_views(app, tracker, settings)
     add_dead_letter_views(app, settings)
     return app

@@ -29,14 +29,29 @@ class BadQuery(ValueError):
     """A query parameter that cannot be used; ``str()`` names it and says why."""
 
 
-def filters_of(data: dict[str, object]) -> Filters:
-    """Filters from a query string or JSON body; BadQuery for a bad limit."""
+FILTERS = ("service", "topic", "reason_contains", "limit", "at")
+
+
+def filters_of(data: dict[str, object], known: tuple[str, ...] = ()) -> Filters:
+    """Filters from a query string or JSON body; BadQuery names a bad or unknown field.
+
+    An unknown field is refused rather than ignored: ignoring a misspelt
+    filter would widen a re-drive to every dead letter.
+    """
+    unknown = sorted(set(data) - {*FILTERS, *known})
+    if unknown:
+        raise BadQuery(f"{unknown[0]}: unknown field; known: {', '.join((*FILTERS, *known))}")
     limit = data.get("limit")
+    try:
+        at = Position.parse(str(data["at"])) if data.get("at") else None
+    except ValueError as exc:
+        raise BadQuery(f"at: {exc}") from exc
     return Filters(
         service=str(data["service"]) if data.get("service") else None,
         topic=str(data["topic"]) if data.get("topic") else None,
         reason_contains=str(data["reason_contains"]) if data.get("reason_contains") else None,
         limit=_whole_number("limit", limit) if limit not in (None, "") else None,
+        at=at,
     )
 
 
@@ -67,7 +82,8 @@ def add_dead_letter_views(app: AppT, settings: Settings) -> None:
                 return self.json({"error": "bearer token required"}, status=401)
             query = dict(request.query)
             try:
-                filters = filters_of({k: v for k, v in query.items() if k != "limit"})
+                filters = filters_of({k: v for k, v in query.items() if k != "limit"},
+                                     known=("after",))
                 limit, start = page_of(query)
             except BadQuery as exc:
                 return self.json({"error": str(exc)}, status=400)
@@ -85,7 +101,7 @@ def add_dead_letter_views(app: AppT, settings: Settings) -> None:
                 body = json.loads(await request.read() or b"{}")
                 if not isinstance(body, dict):
                     raise BadQuery("body must be a JSON object")
-                filters = filters_of(body)
+                filters = filters_of(body, known=("dry_run",))
             except ValueError as exc:  # BadQuery, and JSONDecodeError, are ValueErrors
                 return self.json({"error": f"bad request: {exc}"}, status=400)
             dry_run = bool(body.get("dry_run"))

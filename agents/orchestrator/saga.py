@@ -62,6 +62,10 @@ class Saga:
     steps: list[Step] = field(default_factory=list)
     started_at_ms: int = 0
     """When the tracker first saw the saga, on its own clock (0: rows from before the field)."""
+    customer_id: str = ""
+    """Whose order it is, from ``PlaceOrder`` or ``OrderCreated`` ('' until one is seen)."""
+    trace_id: str = ""
+    """The order's trace (32 hex digits), from the first event that carried one."""
 
     @classmethod
     def from_dict(cls, data: Any) -> Saga:
@@ -124,7 +128,7 @@ def start(envelope: Envelope, now_ms: int, timeout_ms: int) -> Saga:
 
 
 def transition(
-    saga: Saga | None, envelope: Envelope, now_ms: int, timeout_ms: int
+    saga: Saga | None, envelope: Envelope, now_ms: int, timeout_ms: int, trace_id: str = ""
 ) -> tuple[Saga, list[Envelope]]:
     """Record ``envelope`` in the saga; return the new state and commands to send.
 
@@ -133,6 +137,7 @@ def transition(
     a lost one is sent again, and the orders inbox absorbs the repeats. The
     orders service answers a cancel of an order that had ended already with
     ``CancelRejected``, which closes the saga with the order's own status.
+    ``trace_id`` is the trace the event's record carried (its ``traceparent``).
     """
     if envelope.type == "CancelRejected" and envelope.cancel_rejected.status not in FINISHED:
         raise InvalidSagaEvent(f"CancelRejected.status: {envelope.cancel_rejected.status!r}"
@@ -146,6 +151,8 @@ def transition(
             "producer": envelope.producer, "event_id": envelope.event_id,
         })
     saga.updated_at_ms = now_ms
+    saga.customer_id = saga.customer_id or _customer_of(envelope)
+    saga.trace_id = saga.trace_id or trace_id
     if saga.finished:
         return saga, []
     if envelope.type == "OrderConfirmed":
@@ -159,6 +166,15 @@ def transition(
         saga.timed_out = True
         return saga, [cancel_command(saga.order_id, envelope)]
     return saga, []
+
+
+def _customer_of(envelope: Envelope) -> str:
+    """The customer an event names: only the order's first two messages carry it."""
+    if envelope.type == "PlaceOrder":
+        return envelope.place_order.customer_id
+    if envelope.type == "OrderCreated":
+        return envelope.order_created.customer_id
+    return ""
 
 
 def _finish(saga: Saga, status: str, reason: str, now_ms: int) -> None:

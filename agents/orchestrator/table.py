@@ -102,6 +102,24 @@ class SagaTracker:
         return [saga for key, row in self._owned_rows()
                 if not finished_row(row) and (saga := self._read(key, row)) is not None]
 
+    def owned_rows(self) -> list[dict[str, Any]]:
+        """The stored rows of the sagas this worker owns, unread: a search filters and sorts
+        these, then reads only the page it shows (:meth:`read_row`)."""
+        return [row for _, row in self._owned_rows() if isinstance(row, dict)]
+
+    def read_row(self, row: dict[str, Any]) -> Saga | None:
+        """A row of :meth:`owned_rows` as a :class:`Saga` (None if unreadable)."""
+        return self._read(str(row.get("order_id", "")).encode(), row)
+
+    def counts_by_partition(self) -> dict[int, dict[str, int]]:
+        """Sagas per status in each partition this worker owns (every owned one listed)."""
+        counts: dict[int, dict[str, int]] = {p: {} for p in self.ownership.owned()}
+        for key, row in self._owned_rows():
+            status = str(row.get("status")) if isinstance(row, dict) else "UNREADABLE"
+            of_partition = counts.setdefault(self.ownership.partition(key), {})
+            of_partition[status] = of_partition.get(status, 0) + 1
+        return counts
+
     def owned_partitions(self) -> list[int]:
         """The table partitions this worker owns, in order."""
         return sorted(self.ownership.owned())
@@ -152,20 +170,21 @@ class SagaTracker:
             with tracing.consuming(SERVICE, envelope, message.topic, message.headers,
                                    message.partition, message.offset):
                 try:
-                    await self._apply(envelope, touched)
+                    await self._apply(envelope, touched, tracing.trace_id_of(message.headers))
                 except InvalidSagaEvent as exc:
                     await self._dead_letter(message, f"invalid {envelope.type}: {exc}")
         for key, saga in touched.items():
             self.sagas[key] = saga.as_dict()
 
-    async def _apply(self, envelope: Envelope, touched: dict[bytes, Saga]) -> None:
+    async def _apply(self, envelope: Envelope, touched: dict[bytes, Saga],
+                     trace_id: str = "") -> None:
         """Run one event through :func:`transition` and send the commands it decided."""
         key = envelope.order_id.encode()
         before = touched.get(key)
         if before is None:
             before = self._read(key, self.sagas.get(key))
         was_finished = before.finished if before else False
-        saga, commands = transition(before, envelope, now_ms(), self.timeout_ms)
+        saga, commands = transition(before, envelope, now_ms(), self.timeout_ms, trace_id)
         touched[key] = saga
         for command in commands:
             await self._send_command(command)

@@ -1,118 +1,171 @@
-"""The tracker web views: sagas by id (routed to their owner), counts, in-flight, stuck, dashboard.
+"""The tracker's web views: the operator console's JSON and page.
 
-Every list view covers the sagas of the partitions this worker owns (the
-table is partitioned like its source topics); ``/sagas/{order_id}/`` is routed
-by Faust to the worker that owns the key, so it answers from any worker.
+Every list and count answers for the whole cluster by default: this worker
+asks the others for their partitions' part (:mod:`agents.orchestrator.cluster`)
+and the answer's ``coverage`` says which partitions it covers and which
+worker did not answer. ``?scope=local`` answers for this worker's partitions
+only: what the other workers ask, and what ``oms check`` inspects worker by
+worker. ``/sagas/{order_id}/`` is routed by Faust to the worker that owns the
+key, so it answers from any worker.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.types import AppT
 from faust.web import Request, Response, View
 
-from agents.orchestrator.saga import Saga
+from agents.http import authorized
+from agents.messaging import kafka
+from agents.observability import metrics
+from agents.orchestrator.cluster import CLUSTER, LOCAL, Body, Cluster, coverage, worker_status
+from agents.orchestrator.history import SAMPLE_S, History, summarise
+from agents.orchestrator.saga import RUNNING
+from agents.orchestrator.search import BadQuery, Query, merge_pages
 from agents.orchestrator.table import SagaTracker
+from agents.orchestrator.timeline import iso, saga_json
+from config import Settings
+from schemas.codec import deterministic_id, new_envelope
+from schemas.oms_pb2 import CancelOrder
 
+log = logging.getLogger(__name__)
 DASHBOARD = Path(__file__).with_name("dashboard.html")
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 500
-SCOPE = "this worker's partitions"
+LOCAL_SCOPE = "this worker's partitions"
+OVERDUE_SHOWN = 100
+"""Overdue sagas a cluster-wide count lists at most (``stuck`` counts them all)."""
+OPERATOR_CANCEL = "cancelled by operator"
+PRESETS = {
+    "/sagas/search/": Query(),
+    "/sagas/in-flight/": Query(statuses=frozenset({RUNNING}), sort="oldest"),
+    "/sagas/stuck/": Query(stuck=True, sort="oldest"),
+    "/sagas/recent/": Query(sort="updated"),
+}
+"""Each list view and the query it starts from (the request's parameters refine it)."""
 
 
-def iso(ms: int) -> str | None:
-    """Epoch milliseconds as ISO 8601 UTC (None for 0, 'not yet')."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat() if ms else None
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
-def saga_json(saga: Saga, now_ms: int) -> dict[str, Any]:
-    """A saga with readable timestamps and its age; steps in the order they were seen."""
-    data = saga.as_dict()
-    data.update(placed_at=iso(saga.placed_at_ms), started_at=iso(saga.started_at_ms),
-                deadline=iso(saga.deadline_ms), finished_at=iso(saga.finished_at_ms),
-                age_ms=now_ms - first_seen(saga),
-                overdue_ms=max(0, now_ms - saga.deadline_ms) if not saga.finished else 0)
-    data["steps"] = [{**step, "at": iso(step.get("at_ms", 0))} for step in saga.steps]
-    return data
+def scope_of(request: Request) -> str:
+    """``?scope=``: cluster (the default) or local; BadQuery for anything else."""
+    scope = request.query.get("scope") or CLUSTER
+    if scope not in (CLUSTER, LOCAL):
+        raise BadQuery(f"scope: {CLUSTER} or {LOCAL}, got {scope!r}")
+    return scope
 
 
-def first_seen(saga: Saga) -> int:
-    """When the tracker first saw the saga (its own clock; placement for rows from before)."""
-    return saga.started_at_ms or saga.placed_at_ms
+def add_tracker_views(app: AppT, tracker: SagaTracker, settings: Settings) -> None:
+    """Register the ``/sagas/...`` views, the saga cancel action and the ``/dashboard/`` page."""
+    cluster = Cluster.of(app, tracker.sagas, settings.console_peer_timeout_s)
+    history = History()
 
+    async def sample_history() -> None:
+        history.sample()
 
-def select(sagas: Iterable[Saga], keep: Callable[[Saga], bool], order: Callable[[Saga], int],
-           limit: int) -> list[Saga]:
-    """The first ``limit`` sagas that ``keep`` accepts, sorted by ``order``."""
-    return sorted((s for s in sagas if keep(s)), key=order)[:limit]
+    app.timer(interval=SAMPLE_S, name="oms-orchestrator.console_history")(sample_history)
 
+    def status() -> Body:
+        return worker_status(app, tracker.owned_partitions())
 
-def limit_of(request: Request) -> int:
-    """``?limit=N`` clamped to 1..MAX_LIMIT; ValueError for a non-number."""
-    return max(1, min(int(request.query.get("limit", DEFAULT_LIMIT)), MAX_LIMIT))
-
-
-def add_tracker_views(app: AppT, tracker: SagaTracker) -> None:
-    """Register the ``/sagas/...`` JSON views and the ``/dashboard/`` page."""
-
-    def listing(view: View, request: Request, keep: Callable[[Saga], bool],
-                order: Callable[[Saga], int], sagas: Callable[[], list[Saga]]) -> Response:
+    async def answer(view: View, request: Request, local: Callable[[], Body],
+                     merge: Callable[[list[Body]], Body]) -> Response:
+        """This worker's answer, or the cluster's with its coverage; 400 for a bad parameter."""
         try:
-            limit = limit_of(request)
-        except ValueError:
-            return view.json({"error": "limit: not an integer"}, status=400)
-        now = int(time.time() * 1000)
-        found = select(sagas(), keep, order, limit)
-        return view.json({"sagas": [saga_json(s, now) for s in found], "limit": limit,
-                          "scope": SCOPE, "now": iso(now)})
+            if scope_of(request) == LOCAL:
+                return view.json(local())
+            params = {k: v for k, v in request.query.items() if k != "scope"}
+            answers = await cluster.gather(request.url.path, params, local)
+        except BadQuery as exc:
+            return view.json({"error": str(exc)}, status=400)
+        body = merge([a.body for a in answers if a.body is not None])
+        return view.json({**body, "scope": CLUSTER, "now": iso(now_ms()),
+                          "coverage": coverage(answers, settings.partitions)})
+
+    def local_counts() -> Body:
+        by_partition, now = tracker.counts_by_partition(), now_ms()
+        counts: dict[str, int] = {}
+        for of_partition in by_partition.values():
+            for state, n in of_partition.items():
+                counts[state] = counts.get(state, 0) + n
+        overdue = [{"order_id": s.order_id, "overdue_ms": now - s.deadline_ms}
+                   for s in tracker.running_sagas() if now > s.deadline_ms]
+        return {"counts": counts, "total": sum(counts.values()), "scope": LOCAL_SCOPE,
+                "partitions": tracker.owned_partitions(), "settled": tracker.settled(),
+                "overdue": overdue, "now": iso(now), "worker": status(),
+                "by_partition": {str(p): c for p, c in by_partition.items()}}
 
     @app.page("/sagas/")
     class SagaCounts(View):
-        """Counts by status, and what ``oms check --tracker-url`` needs to judge the view.
+        """Counts by status: the cluster's (each partition counted once), or this worker's.
 
-        ``partitions`` are the ones this worker owns (every partition must be
-        owned by exactly one worker); ``settled`` is false while a rebalance or
-        the table's recovery is deciding them; ``overdue`` lists the running
-        sagas past their deadline.
+        The local answer is what ``oms check --tracker-url`` judges: the
+        partitions this worker owns (every partition must be owned by exactly
+        one worker), ``settled`` (false while a rebalance or the table's
+        recovery is deciding them) and the running sagas past their deadline.
         """
 
         async def get(self, request: Request) -> Response:
-            counts = tracker.counts()
-            now = int(time.time() * 1000)
-            overdue = [{"order_id": s.order_id, "overdue_ms": now - s.deadline_ms}
-                       for s in tracker.running_sagas() if now > s.deadline_ms]
-            return self.json({"counts": counts, "total": sum(counts.values()), "scope": SCOPE,
-                              "partitions": tracker.owned_partitions(),
-                              "settled": tracker.settled(), "overdue": overdue, "now": iso(now)})
+            return await answer(self, request, local_counts, merge_counts)
 
-    @app.page("/sagas/in-flight/")
-    class InFlight(View):
-        """Running sagas, oldest first: the ones an operator looks at first."""
+    def list_view(path: str) -> None:
+        preset = PRESETS[path]
+
+        def local(query: Query) -> Body:
+            now = now_ms()
+            rows, more = query.page(tracker.owned_rows(), now)
+            sagas = [saga_json(s, now, settings.trace_ui_url)
+                     for row in rows if (s := tracker.read_row(dict(row))) is not None]
+            return {"sagas": sagas, "more": more, "limit": query.limit, "scope": LOCAL_SCOPE,
+                    "next": query.cursor_of(sagas[-1]) if more and sagas else None,
+                    "now": iso(now), "worker": status()}
+
+        @app.page(path)
+        class Sagas(View):
+            async def get(self, request: Request) -> Response:
+                try:
+                    query = Query.parse(dict(request.query), preset)
+                except BadQuery as exc:
+                    return self.json({"error": str(exc)}, status=400)
+                return await answer(self, request, lambda: local(query),
+                                    lambda bodies: merge_lists(query, bodies))
+
+    for path in PRESETS:  # before /sagas/{order_id}/, or aiohttp takes "search" for an id
+        list_view(path)
+
+    @app.page("/sagas/throughput/")
+    class Throughput(View):
+        """Sagas finished per minute, per second, p50 and p99, over the last ten minutes."""
 
         async def get(self, request: Request) -> Response:
-            return listing(self, request, lambda s: True, first_seen, tracker.running_sagas)
+            return await answer(self, request, lambda: {**history.minutes(), "worker": status()},
+                                summarise)
 
-    @app.page("/sagas/stuck/")
-    class Stuck(View):
-        """Running sagas past their deadline (the tracker is cancelling them, or failed to)."""
+    @app.page("/sagas/{order_id}/cancel/")
+    class Cancel(View):
+        """Send ``CancelOrder`` for a saga (the operator's; bearer token)."""
 
-        async def get(self, request: Request) -> Response:
-            now = int(time.time() * 1000)
-            return listing(self, request, lambda s: now > s.deadline_ms,
-                           lambda s: s.deadline_ms, tracker.running_sagas)
-
-    @app.page("/sagas/recent/")
-    class Recent(View):
-        """Most recently updated sagas first (the dashboard's table)."""
-
-        async def get(self, request: Request) -> Response:
-            return listing(self, request, lambda s: True, lambda s: -s.updated_at_ms,
-                           tracker.owned_sagas)
+        async def post(self, request: Request, order_id: str) -> Response:
+            if not authorized(request, settings):
+                return self.json({"error": "bearer token required"}, status=401)
+            try:
+                canonical = str(uuid.UUID(order_id))
+            except ValueError:
+                return self.json({"error": "order_id: not a UUID"}, status=400)
+            try:
+                await send_cancel(app, tracker, canonical)
+            except KafkaError as exc:
+                metrics.TRACKER_SEND_FAILURES.labels("CancelOrder").inc()
+                log.warning("operator cancel of %s not sent: %s", canonical, exc)
+                return self.json({"error": f"the broker did not take the cancel: {exc}"},
+                                 status=503)
+            return self.json({"order_id": canonical, "status": "CANCEL_REQUESTED"}, status=202)
 
     @app.page("/sagas/{order_id}/")
     @app.table_route(table=tracker.sagas, match_info="order_id")
@@ -120,11 +173,43 @@ def add_tracker_views(app: AppT, tracker: SagaTracker) -> None:
         found = tracker.saga(order_id)
         if found is None:
             return web.json({"error": "saga not found", "order_id": order_id}, status=404)
-        return web.json(saga_json(found, int(time.time() * 1000)))
+        return web.json(saga_json(found, now_ms(), settings.trace_ui_url))
 
     @app.page("/dashboard/")
     class Dashboard(View):
-        """A self-contained HTML page that polls the JSON views above."""
+        """The operator console: a self-contained page that polls the JSON views above."""
 
         async def get(self, request: Request) -> Response:
             return self.html(DASHBOARD.read_text(encoding="utf-8"))
+
+
+async def send_cancel(app: AppT, tracker: SagaTracker, order_id: str) -> None:
+    """The operator's ``CancelOrder``, with the orders view's event id: both applied once."""
+    envelope = new_envelope(order_id, CancelOrder(reason=OPERATOR_CANCEL),
+                            producer="orchestrator-console",
+                            event_id=deterministic_id(order_id, "operator-cancel"))
+    await kafka.send_envelope(kafka.faust_send(app), tracker.commands.get_topic_name(), envelope)
+
+
+def merge_counts(bodies: list[Body]) -> Body:
+    """The workers' counts as the cluster's: each partition counted once, overdue merged."""
+    counts: dict[str, int] = {}
+    seen: set[str] = set()
+    for body in bodies:
+        for partition, of_partition in body.get("by_partition", {}).items():
+            if partition in seen:  # claimed twice mid-rebalance: coverage says so
+                continue
+            seen.add(partition)
+            for status, n in of_partition.items():
+                counts[status] = counts.get(status, 0) + n
+    overdue = {o["order_id"]: o for body in bodies for o in body.get("overdue", [])}
+    ranked = sorted(overdue.values(), key=lambda o: -o["overdue_ms"])
+    return {"counts": counts, "total": sum(counts.values()), "stuck": len(ranked),
+            "overdue": ranked[:OVERDUE_SHOWN]}
+
+
+def merge_lists(query: Query, bodies: list[Body]) -> Body:
+    """The workers' pages as the cluster's page, and where the next one starts."""
+    sagas, cursor = merge_pages(query, [(b.get("sagas", []), bool(b.get("more")))
+                                        for b in bodies])
+    return {"sagas": sagas, "next": cursor, "limit": query.limit, "query": query.params()}

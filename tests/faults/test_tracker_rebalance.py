@@ -64,9 +64,9 @@ async def add_tracker(stack: Stack) -> str:
 async def sagas_of(http: aiohttp.ClientSession, stack: Stack, worker: str) -> dict[str, Any]:
     """A worker's ``/sagas/`` answer and the ids of every saga it owns."""
     base = stack.web_url(worker)
-    async with http.get(f"{base}/sagas/") as resp:
+    async with http.get(f"{base}/sagas/?scope=local") as resp:
         view: dict[str, Any] = await resp.json()
-    async with http.get(f"{base}/sagas/recent/?limit=500") as resp:
+    async with http.get(f"{base}/sagas/recent/?limit=500&scope=local") as resp:
         view["ids"] = [s["order_id"] for s in (await resp.json())["sagas"]]
     return view
 

@@ -97,7 +97,7 @@ async def test_counts_are_split_between_workers_and_add_up(
     """Each worker counts its own partitions' sagas; together they count every order once."""
 
     async def counts() -> tuple[list[dict[str, Any]], dict[str, int]]:
-        bodies = [(await get(http, f"{stack.web_url(w)}/sagas/"))[1]
+        bodies = [(await get(http, f"{stack.web_url(w)}/sagas/?scope=local"))[1]
                   for w in stack.workers["orchestrator"]]
         rows = await query(stack.settings, "orders", "SELECT status, count(*) FROM orders"
                            " WHERE status <> 'PENDING' GROUP BY 1")
@@ -123,7 +123,8 @@ async def test_in_flight_lists_a_saga_waiting_on_the_gateway(
     async def in_flight() -> list[str]:
         ids = []
         for worker in stack.workers["orchestrator"]:
-            _, body = await get(http, f"{stack.web_url(worker)}/sagas/in-flight/?limit=50")
+            url = f"{stack.web_url(worker)}/sagas/in-flight/?limit=50&scope=local"
+            _, body = await get(http, url)
             ids += [s["order_id"] for s in body["sagas"]]
         return ids
 
@@ -197,7 +198,8 @@ async def test_stuck_lists_a_saga_nobody_can_cancel(
     async def stuck() -> list[dict[str, Any]]:
         found = []
         for worker in stack.workers["orchestrator"]:
-            found += (await get(http, f"{stack.web_url(worker)}/sagas/stuck/"))[1]["sagas"]
+            url = f"{stack.web_url(worker)}/sagas/stuck/?scope=local"
+            found += (await get(http, url))[1]["sagas"]
         return [s for s in found if s["order_id"] == order_id]
 
     for name in stack.workers["orders"]:

@@ -206,3 +206,13 @@ def test_docker_compose_config_is_valid() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_console_links_a_saga_to_its_trace_in_jaeger(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    template = env_of(services["orchestrator"])["OMS_TRACE_UI_URL"]
+    ui_port = template.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+    assert int(ui_port) in container_ports(services["jaeger"])
+    settings = Settings(_env_file=None, trace_ui_url=template)  # type: ignore[call-arg]
+    assert settings.trace_ui_url.endswith("/trace/{trace_id}")  # a valid setting

@@ -95,3 +95,13 @@ def test_jsonl_exporter_round_trips_and_skips_a_half_written_line(
     assert span["service"] == "unit" and span["kind"] == "PRODUCER"
     assert span["parent_id"] is None and len(span["trace_id"]) == 32
     assert span["attributes"]["order.id"] == event.order_id
+
+
+def test_the_trace_id_of_kafka_or_outbox_headers() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert tracing.trace_id_of([("traceparent", parent.encode())]) == parent[3:35]
+    assert tracing.trace_id_of({"traceparent": parent}) == parent[3:35]
+    assert tracing.trace_id_of([]) == ""
+    assert tracing.trace_id_of(None) == ""
+    assert tracing.trace_id_of([("traceparent", b"00-nonsense")]) == ""
+    assert tracing.trace_id_of({"traceparent": parent.encode()}) == parent[3:35]

@@ -25,11 +25,13 @@ from schemas.oms_pb2 import (
     OrderConfirmed,
     OrderCreated,
     PaymentCompleted,
+    PlaceOrder,
     SagaTimedOut,
 )
 
 OID = "6f1c1c3e-8a6b-4d59-9d0a-2a0b5a1c9e10"
 TIMEOUT = 30_000
+TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 
 def env(body, placed_at_ms: int = 1_000):
@@ -141,3 +143,21 @@ def test_a_timed_out_saga_is_labelled_timeout_whatever_the_cancel_says() -> None
     saga, _ = transition(None, env(SagaTimedOut()), 40_000, TIMEOUT)
     saga, _ = transition(saga, env(OrderCancelled(reason="cancelled")), 41_000, TIMEOUT)
     assert outcome_labels(saga) == ("cancelled", "timeout")
+
+
+def test_the_saga_records_its_customer_from_the_order() -> None:
+    """The console searches by customer: PlaceOrder and OrderCreated both carry it."""
+    saga, _ = transition(None, env(InventoryReserved()), 5_000, TIMEOUT)
+    assert saga.customer_id == ""  # not known yet: a cross-topic event came first
+    saga, _ = transition(saga, env(OrderCreated(customer_id="c-42")), 5_001, TIMEOUT)
+    assert saga.customer_id == "c-42"
+    saga, _ = transition(saga, env(PlaceOrder(customer_id="c-other")), 5_002, TIMEOUT)
+    assert saga.customer_id == "c-42"  # the first one seen stays
+
+
+def test_the_saga_records_the_trace_of_the_first_event_that_has_one() -> None:
+    saga, _ = transition(None, env(OrderCreated()), 5_000, TIMEOUT)
+    assert saga.trace_id == ""  # tracing off where the event came from
+    saga, _ = transition(saga, env(InventoryReserved()), 5_001, TIMEOUT, trace_id=TRACE)
+    saga, _ = transition(saga, env(PaymentCompleted()), 5_002, TIMEOUT, trace_id="f" * 32)
+    assert saga.trace_id == TRACE

@@ -61,3 +61,13 @@ async def test_a_redelivered_batch_adds_no_step(tmp_path: Path) -> None:
     await tracked.on_batch(batch)
     await tracked.on_batch(batch)
     assert len(table[oid.encode()]["steps"]) == 1
+
+
+async def test_a_saga_keeps_the_trace_id_of_its_events(tmp_path: Path) -> None:
+    tracked, table = tracker(tmp_path)
+    oid = str(uuid.uuid4())
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = message(envelope(oid, OrderCreated()), 0)
+    traced.headers = [("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01".encode())]
+    await tracked.on_batch([traced])
+    assert table[oid.encode()]["trace_id"] == trace_id
