@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from schemas import oms_pb2
 
 LOCK_PATH = Path(__file__).with_name("fields.lock.json")
-Ledger = dict[str, dict[str, dict[str, str]]]  # message -> number -> {name, type}
+Ledger = dict[str, dict[str, dict[str, Any]]]  # message -> number -> {name, type}
 _SCALAR_NAMES = {
     value: name.removeprefix("TYPE_").lower()
     for name, value in vars(FieldDescriptor).items()
@@ -47,15 +48,28 @@ def _fields_of(message: Descriptor) -> dict[str, dict[str, str]]:
 
 def read_lock() -> Ledger:
     """The committed ledger."""
-    return json.loads(LOCK_PATH.read_text())  # type: ignore[no-any-return]
+    return read_ledger(LOCK_PATH)
 
 
 def update_lock() -> Ledger:
     """Add new fields to the ledger; existing entries are never changed."""
-    ledger = read_lock() if LOCK_PATH.exists() else {}
-    for message, fields in live_fields().items():
-        locked = ledger.setdefault(message, {})
-        for number, spec in fields.items():
-            locked.setdefault(number, spec)
-    LOCK_PATH.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
+    return append_ledger(LOCK_PATH, live_fields())
+
+
+def read_ledger(path: Path) -> Ledger:
+    """A committed field ledger (this module's, or the tracker's saga record's)."""
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def append_ledger(path: Path, live: Ledger) -> Ledger:
+    """Add the fields of ``live`` that ``path`` lacks; what it records is never changed.
+
+    A ledger only grows, so a field's number or name stays taken for good.
+    """
+    ledger = read_ledger(path) if path.exists() else {}
+    for record, fields in live.items():
+        locked = ledger.setdefault(record, {})
+        for key, spec in fields.items():
+            locked.setdefault(key, spec)
+    path.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
     return ledger

@@ -14,12 +14,12 @@ After adding a field (with a default): ``python -m agents.orchestrator.ledger``.
 
 from __future__ import annotations
 
-import json
 import typing
 from pathlib import Path
 from typing import Any
 
 from agents.orchestrator.saga import Saga, Step, record_fields
+from schemas.fields import append_ledger, read_ledger
 
 LOCK_PATH = Path(__file__).with_name("saga.lock.json")
 Ledger = dict[str, dict[str, dict[str, Any]]]  # record -> field -> {type, required}
@@ -44,18 +44,12 @@ def live_fields() -> Ledger:
 
 def read_lock() -> Ledger:
     """The committed ledger."""
-    return json.loads(LOCK_PATH.read_text())  # type: ignore[no-any-return]
+    return read_ledger(LOCK_PATH)
 
 
 def update_lock() -> Ledger:
     """Add new fields to the ledger; existing entries are never changed."""
-    ledger = read_lock() if LOCK_PATH.exists() else {}
-    for record, fields in live_fields().items():
-        locked = ledger.setdefault(record, {})
-        for name, spec in fields.items():
-            locked.setdefault(name, spec)
-    LOCK_PATH.write_text(json.dumps(ledger, indent=2, sort_keys=True) + "\n")
-    return ledger
+    return append_ledger(LOCK_PATH, live_fields())
 
 
 if __name__ == "__main__":
