@@ -69,9 +69,12 @@ PAYMENTS = Service(
 )
 ORCHESTRATOR = Service(
     "orchestrator",
-    sources=(ORDER_COMMANDS, ORDER_EVENTS, INVENTORY_EVENTS, PAYMENT_EVENTS, SAGA_EVENTS),
+    sources=(ORDER_COMMANDS, ORDER_EVENTS, SAGA_EVENTS),
     outputs=(ORDER_COMMANDS, SAGA_EVENTS),
-    handles=frozenset(),  # every event: it records each step of its saga
+    # what its decisions need: a saga starts, ends, or is past its deadline; the steps
+    # between are read from the services (GET /events/{order_id}/) when the console asks
+    handles=frozenset({"PlaceOrder", "OrderConfirmed", "OrderCancelled", "CancelRejected",
+                       "SagaTimedOut"}),
     database=False,
     app="agents.orchestrator.app:build",
 )

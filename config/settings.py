@@ -49,6 +49,14 @@ class Settings(BaseSettings):
         description="the tracker's long-poll: it is off the orders' path, and a longer wait"
         " means fewer fetches and bigger batches (one table write per saga per batch)",
     )
+    fetch_idle_wait_ms: int = Field(
+        default=500, ge=1, le=1500,
+        description="the long-poll once nothing has arrived for fetch_idle_after_s: an idle"
+        " worker asks the broker a few times a second; the first record after it waits once",
+    )
+    fetch_idle_after_s: float = Field(
+        default=2.0, gt=0, description="seconds without a record before the idle long-poll",
+    )
     batch_max: int = Field(
         default=200, ge=1, description="events applied in one step transaction at most"
     )

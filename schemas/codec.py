@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from faust.serializers import codecs
@@ -21,6 +22,13 @@ from schemas.oms_pb2 import Envelope
 SCHEMA_VERSION = 1
 CODEC_NAME = "oms_envelope"
 _BODY_ONEOF = "body"
+TYPE_HEADER = "oms-type"
+"""Record header naming the envelope's type (its body's message name), e.g. ``PlaceOrder``.
+
+A consumer that does not handle the type skips the record without decoding
+it (``agents.messaging.transport``). Optional for producers outside OMS; when
+present it must name the value's type, or the record is dead-lettered.
+"""
 _FIELD_BY_TYPE: dict[str, str] = {
     field.message_type.name: field.name
     for field in Envelope.DESCRIPTOR.oneofs_by_name[_BODY_ONEOF].fields
@@ -96,6 +104,39 @@ def check_key(key: bytes | None, envelope: Envelope) -> None:
         raise WrongKey(f"key {shown} is not the order id; send key = order_id"
                        f" ({envelope.order_id}) as UTF-8: the key chooses the partition,"
                        " and every event of an order must share one")
+
+
+class WrongTypeHeader(DecodeError):
+    """An envelope whose ``oms-type`` header names another type than its body."""
+
+    label = "wrong type header"
+
+
+Headers = Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None
+"""Record headers as aiokafka (pairs) or Faust (pairs or a mapping) hand them over."""
+
+
+def type_header(headers: Headers) -> bytes | None:
+    """The record's :data:`TYPE_HEADER` value, None when it has none."""
+    if isinstance(headers, Mapping):
+        return headers.get(TYPE_HEADER)
+    for key, value in headers or ():
+        if key == TYPE_HEADER:
+            return value
+    return None
+
+
+def check_type_header(headers: Headers, envelope: Envelope) -> None:
+    """Raise :class:`WrongTypeHeader` when the record's type header names another type.
+
+    Consumers skip records by this header without decoding them, so a wrong
+    one would make a service miss an event it handles; the services that do
+    decode it dead-letter it instead.
+    """
+    named = type_header(headers)
+    if named is not None and named != envelope.type.encode():
+        raise WrongTypeHeader(f"header {TYPE_HEADER} {named[:40]!r} names another type than"
+                              f" the value's {envelope.type}; send the value's type or no header")
 
 
 def _canonical_uuid(name: str, value: str) -> str:

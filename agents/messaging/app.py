@@ -24,16 +24,20 @@ from agents.observability import metrics, tracing
 from agents.observability.health import add_health_views
 from agents.topology import Service
 from config import Settings
+from schemas.codec import event_types
 from schemas.oms_pb2 import Envelope
 
 
 def create_app(
-    service: str, settings: Settings, *, fetch_max_wait_ms: int | None = None
+    service: str, settings: Settings, *, fetch_max_wait_ms: int | None = None,
+    handles: frozenset[str] = frozenset(),
 ) -> faust.App:
     """A Faust app with the OMS defaults: its own consumer group, web port and /metrics.
 
     ``fetch_max_wait_ms`` (default ``settings.fetch_max_wait_ms``) is the
     consumer's long-poll; on Tansu it is also the time every fetch takes.
+    ``handles`` are the envelope types its agent acts on: the transport skips
+    records of the others by their type header (empty: deliver everything).
     """
     datadir = Path(settings.data_dir) / "faust" / service
     datadir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +63,10 @@ def create_app(
     if fetch_max_wait_ms is None:
         fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.fetch_max_wait_ms = fetch_max_wait_ms  # type: ignore[attr-defined]
+    app.fetch_idle_wait_ms = settings.fetch_idle_wait_ms  # type: ignore[attr-defined]
+    app.fetch_idle_after_s = settings.fetch_idle_after_s  # type: ignore[attr-defined]
+    app.oms_skips = frozenset(  # type: ignore[attr-defined]
+        t.encode() for t in event_types() - handles) if handles else frozenset()
     setup_prometheus_sensors(app, pattern="/metrics")
     metrics.install_lag_gauge(app, service)
     tracing.setup_tracing(service, settings)
@@ -77,7 +85,7 @@ def service_app(
 
     ``readiness`` adds the service's own checks to ``/ready/``.
     """
-    app = create_app(service.name, settings)
+    app = create_app(service.name, settings, handles=service.handles)
     (output,) = service.outputs
     runtime = ServiceConsumer(app, settings, service.name, handler_factory, output,
                               service.handles, on_committed)

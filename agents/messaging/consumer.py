@@ -28,7 +28,7 @@ from agents.messaging.unit_of_work import Handler, StepResult, apply_steps
 from agents.observability import metrics, tracing
 from agents.topology import DEAD_LETTERS
 from config import Settings
-from schemas.codec import DecodeError, check_key, decode
+from schemas.codec import DecodeError, check_key, check_type_header, decode
 from schemas.oms_pb2 import Envelope
 from stores import messaging
 from stores.db import create_pool
@@ -104,6 +104,7 @@ class ServiceConsumer:
                 envelope = decode(message.value)
                 if envelope.type in self.handled:
                     check_key(message.key, envelope)
+                check_type_header(message.headers, envelope)
             except DecodeError as exc:
                 await self.dead_letter(message, exc.reason)
                 self._count("unknown", "dead_letter")

@@ -23,7 +23,7 @@ from opentelemetry.context import Context
 
 from agents.observability import tracing
 from config import Settings
-from schemas.codec import encode
+from schemas.codec import TYPE_HEADER, encode
 from schemas.oms_pb2 import Envelope
 
 Send = Callable[[str, bytes, bytes, tracing.KafkaHeaders], Awaitable[object]]
@@ -149,15 +149,16 @@ def faust_credentials(settings: Settings) -> Any:
 async def send_envelope(
     send: Send, topic: str, envelope: Envelope, parent: Context | None = None
 ) -> None:
-    """Send ``envelope`` keyed by its order id, inside a PRODUCER span.
+    """Send ``envelope`` keyed by its order id with its type header, inside a PRODUCER span.
 
     The span's context travels in the record's ``traceparent`` header, so the
     consumers' spans join the order's trace; ``parent`` defaults to the
     current context.
     """
     with tracing.publishing(topic, envelope, parent) as trace_headers:
+        headers = {**trace_headers, TYPE_HEADER: envelope.type}
         await send(topic, envelope.order_id.encode(), encode(envelope),
-                   tracing.kafka_headers(trace_headers))
+                   tracing.kafka_headers(headers))
 
 
 def faust_send(app: AppT) -> Send:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import asyncpg
 
-from schemas.codec import encode
+from schemas.codec import TYPE_HEADER, encode
 from schemas.oms_pb2 import Envelope
 from stores import messaging
 
@@ -105,7 +105,8 @@ async def _run_step(
     """Apply one claimed event inside the open transaction; return what to stage."""
     emitted = await handler(conn, envelope)
     outbox = [
-        messaging.OutboxMessage(out_topic, e.order_id.encode(), encode(e), headers)
+        messaging.OutboxMessage(out_topic, e.order_id.encode(), encode(e),
+                                {**headers, TYPE_HEADER: e.type})
         for e in emitted
     ]
     return StepResult(True, emitted, outbox)

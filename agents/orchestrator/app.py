@@ -1,4 +1,4 @@
-"""The saga tracker's Faust app: one agent over every topic, the deadline timer, the views."""
+"""The saga tracker's Faust app: one agent over what it reads, the deadline timer, the views."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def _recovered(app: faust.App) -> bool:
 
 def build(settings: Settings) -> faust.App:
     """The tracker Faust app."""
-    app = create_app(SERVICE, settings, fetch_max_wait_ms=settings.tracker_fetch_max_wait_ms)
+    app = create_app(SERVICE, settings, fetch_max_wait_ms=settings.tracker_fetch_max_wait_ms,
+                     handles=ORCHESTRATOR.handles)
     tracker = SagaTracker(app, settings)
     topic = app.topic(*(settings.topic(s) for s in ORCHESTRATOR.sources), key_type=bytes,
                       value_type=bytes, key_serializer="raw", value_serializer="raw")

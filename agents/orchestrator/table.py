@@ -39,9 +39,9 @@ from agents.orchestrator.saga import (
     transition,
     without_steps,
 )
-from agents.topology import DEAD_LETTERS, ORDER_COMMANDS, SAGA_EVENTS
+from agents.topology import DEAD_LETTERS, ORCHESTRATOR, ORDER_COMMANDS, SAGA_EVENTS
 from config import Settings
-from schemas.codec import DecodeError, check_key, decode, new_envelope
+from schemas.codec import DecodeError, check_key, check_type_header, decode, new_envelope
 from schemas.oms_pb2 import Envelope, SagaTimedOut
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,9 @@ class SagaTracker:
         for message in messages:
             try:
                 envelope = decode(message.value)
+                check_type_header(message.headers, envelope)
+                if envelope.type not in ORCHESTRATOR.handles:
+                    continue  # sent without a type header (the transport skips the others)
                 check_key(message.key, envelope)
             except DecodeError as exc:
                 await self._dead_letter(message, exc.reason)

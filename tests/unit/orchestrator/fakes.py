@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types.tuples import Message
 
 from agents.orchestrator.ownership import Ownership
 from agents.orchestrator.table import SagaTracker
@@ -48,6 +49,18 @@ class _Store:
 
     def __delitem__(self, key: bytes) -> None:
         dict.__delitem__(self._table, key)
+
+
+class DeadLetterTopic:
+    """The dead-letter port of :class:`~agents.messaging.dead_letters.DeadLetters`, in memory."""
+
+    failing = False
+
+    def __init__(self) -> None:
+        self.published: list[tuple[Message, str]] = []
+
+    async def publish(self, message: Message, reason: str) -> None:
+        self.published.append((message, reason))
 
 
 def tracker(tmp_path: Path, rows: dict[bytes, Any] | None = None,

@@ -15,8 +15,14 @@ from faust.types.tuples import Message
 
 from agents.orchestrator.saga import CONFIRMED, RUNNING
 from agents.orchestrator.table import SagaTracker
-from schemas.codec import encode
-from schemas.oms_pb2 import Envelope, InventoryReserved, OrderConfirmed, OrderCreated
+from schemas.codec import TYPE_HEADER, encode
+from schemas.oms_pb2 import (
+    Envelope,
+    InventoryReserved,
+    OrderConfirmed,
+    OrderCreated,
+    PlaceOrder,
+)
 from tests.helpers import envelope
 from tests.unit.orchestrator import fakes
 from tests.unit.orchestrator.fakes import FakeTable
@@ -40,24 +46,45 @@ def writes(table: FakeTable) -> dict[bytes, int]:
 async def test_a_batch_writes_each_saga_once_with_every_step(tmp_path: Path) -> None:
     tracked, table = tracker(tmp_path)
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
-    events = [envelope(first, OrderCreated(amount_cents=500)),
-              envelope(second, OrderCreated(amount_cents=700)),
-              envelope(first, InventoryReserved(amount_cents=500)),
+    events = [envelope(first, PlaceOrder(customer_id="c1")),
+              envelope(second, PlaceOrder(customer_id="c2")),
               envelope(first, OrderConfirmed(amount_cents=500))]
     await tracked.on_batch([message(e, i) for i, e in enumerate(events)])
 
     assert writes(table) == {first.encode(): 1, second.encode(): 1}
     done = table[first.encode()]
     assert done["status"] == CONFIRMED
-    assert [s["type"] for s in done["steps"]] == ["OrderCreated", "InventoryReserved",
-                                                  "OrderConfirmed"]
+    assert [s["type"] for s in done["steps"]] == ["PlaceOrder", "OrderConfirmed"]
     assert table[second.encode()]["status"] == RUNNING
+
+
+async def test_events_the_tracker_does_not_read_leave_the_table_alone(tmp_path: Path) -> None:
+    """Records without a type header reach it too; only what its decisions need counts."""
+    tracked, table = tracker(tmp_path)
+    oid = str(uuid.uuid4())
+    events = [envelope(oid, OrderCreated(amount_cents=500)),
+              envelope(oid, InventoryReserved(amount_cents=500))]
+    await tracked.on_batch([message(e, i) for i, e in enumerate(events)])
+    assert writes(table) == {}
+
+
+async def test_a_type_header_that_names_another_type_is_dead_lettered(tmp_path: Path) -> None:
+    tracked, table = tracker(tmp_path)
+    oid = str(uuid.uuid4())
+    lying = message(envelope(oid, OrderConfirmed(amount_cents=500)), 0)
+    lying.headers = [(TYPE_HEADER, b"OrderCreated")]
+    parked = fakes.DeadLetterTopic()
+    tracked.dead_letters = parked  # type: ignore[assignment]
+    await tracked.on_batch([lying])
+    assert writes(table) == {}
+    assert [(m.offset, reason.split(":")[0]) for m, reason in parked.published] == [
+        (0, "wrong type header")]
 
 
 async def test_a_redelivered_batch_adds_no_step(tmp_path: Path) -> None:
     tracked, table = tracker(tmp_path)
     oid = str(uuid.uuid4())
-    batch = [message(envelope(oid, OrderCreated(amount_cents=500)), 0)]
+    batch = [message(envelope(oid, PlaceOrder(customer_id="c")), 0)]
     await tracked.on_batch(batch)
     await tracked.on_batch(batch)
     assert len(table[oid.encode()]["steps"]) == 1
@@ -67,7 +94,7 @@ async def test_a_saga_keeps_the_trace_id_of_its_events(tmp_path: Path) -> None:
     tracked, table = tracker(tmp_path)
     oid = str(uuid.uuid4())
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
-    traced = message(envelope(oid, OrderCreated()), 0)
+    traced = message(envelope(oid, PlaceOrder(customer_id="c")), 0)
     traced.headers = [("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01".encode())]
     await tracked.on_batch([traced])
     assert table[oid.encode()]["trace_id"] == trace_id
