@@ -13,10 +13,11 @@ changes to faust-streaming 0.15's consumer:
   second instead of fifty: the first order after a quiet spell pays that wait
   once, a busy system never does.
 * **Skip what the app does not handle.** A record whose ``oms-type`` header
-  names a type the app ignores is marked read and acknowledged where it is
-  fetched, never dispatched: Faust costs tens of microseconds per delivered
-  event (message, conductor, channel, stream, event, ack), and without this a
-  confirmed order reaches services that ignore it five times. Records without
+  names a type the app ignores is marked read, never dispatched, and
+  acknowledged as soon as every message delivered before it is: Faust costs
+  tens of microseconds per delivered event (message, conductor, channel,
+  stream, event, ack), and without this a confirmed order reaches services
+  that ignore it five times. Records without
   the header (other producers, table changelogs) are delivered as before.
 * **Dispatch without tasks.** Faust hands each message to the conductor through
   ``wait_first(callback(message), suspend_flow.wait())``: four tasks and an
@@ -132,6 +133,11 @@ class Consumer(faust_aiokafka.Consumer):
     _last_records_at: float = 0.0
     _idle: bool = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_delivered: dict[TP, int] = {}
+        self._held: dict[TP, list[int]] = {}
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -157,6 +163,37 @@ class Consumer(faust_aiokafka.Consumer):
         idle_wait = int(getattr(self.app, "fetch_idle_wait_ms", DEFAULT_IDLE_WAIT_MS))
         fetcher._fetch_max_wait_ms = idle_wait if idle else busy_wait_ms(self.app)
 
+    def _skip(self, tp: TP, offset: int) -> None:
+        """Acknowledge a skipped record, once every message delivered before it is acked.
+
+        Faust commits the first run of consecutive acked offsets, so an offset
+        acked ahead of a message still in the agent's batch could be committed
+        past it, and a crash would lose that message. Until the last message
+        delivered from ``tp`` is acked, skipped offsets wait in ``_held``.
+        """
+        last = self._last_delivered.get(tp)
+        if last is None or self._is_acked(tp, last):
+            self._ack_in_place(tp, offset)
+        else:
+            self._held.setdefault(tp, []).append(offset)
+
+    def _delivered(self, tp: TP, offset: int) -> None:
+        self._last_delivered[tp] = offset
+
+    def ack(self, message: Message) -> bool:
+        """Faust's ack; acking the last message delivered from its partition frees the held."""
+        acked = super().ack(message)
+        held = self._held.get(message.tp)
+        if held and message.offset == self._last_delivered.get(message.tp):
+            for offset in held:
+                self._ack_in_place(message.tp, offset)
+            held.clear()
+        return acked
+
+    def _is_acked(self, tp: TP, offset: int) -> bool:
+        committed = self._committed_offset[tp]
+        return offset in self._acked_index[tp] or (committed is not None and offset < committed)
+
     def _ack_in_place(self, tp: TP, offset: int) -> None:
         """Acknowledge a skipped record's offset as :meth:`ack` does a delivered message's."""
         with ack_lock:
@@ -169,6 +206,13 @@ class Consumer(faust_aiokafka.Consumer):
                 self._acked[tp].append(offset)
                 self._n_acked += 1
 
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust forgets the revoked partitions' acks; so does the skipping."""
+        for tp in revoked:
+            self._held.pop(tp, None)
+            self._last_delivered.pop(tp, None)
+        await super().on_partitions_revoked(revoked)
+
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
         # faust-streaming 0.15.3's Consumer._drain_messages; changed lines say OMS.
         callback = self.callback
@@ -178,7 +222,7 @@ class Consumer(faust_aiokafka.Consumer):
 
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
-        flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING
+        flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING  # OMS: module named
         set_flag = self.diag.set_flag
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
@@ -192,7 +236,7 @@ class Consumer(faust_aiokafka.Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
-                ait = getmany(timeout=1.0)
+                ait = getmany(timeout=1.0)  # OMS: no cast
 
                 # Sleeping because sometimes getmany is called in a loop
                 # never releasing to the event loop
@@ -218,8 +262,9 @@ class Consumer(faust_aiokafka.Consumer):
                                     self._n_acked = 0
                                     await self.commit()
                             if skip is not None and skip(message):  # OMS: not dispatched
-                                self._ack_in_place(tp, offset)
-                            else:
+                                self._skip(tp, offset)  # OMS
+                            else:  # OMS
+                                self._delivered(tp, offset)  # OMS
                                 await deliver(self, callback, message)  # OMS: no tasks
                             set_read_offset(tp, offset)
                         else:
