@@ -21,6 +21,7 @@ from agents.dev.stack import Stack, settings_env
 from agents.messaging import redrive as deadletters
 from agents.messaging.client import OrderClient
 from agents.orders.intake import LineRequest, PlaceOrderRequest
+from agents.topology import SERVICES
 from schemas.codec import encode, new_envelope
 from schemas.oms_pb2 import InventoryReserved, OrderCreated, OrderLine, PlaceOrder
 from tests.conftest import make_settings, running_stack
@@ -28,10 +29,8 @@ from tests.helpers import eventually, query
 
 pytestmark = pytest.mark.integration
 READERS = {  # topic -> services that consume it
-    "order-commands": ("orders", "orchestrator"),
-    "order-events": ("inventory", "payments", "orchestrator"),
-    "inventory-events": ("payments", "orders", "orchestrator"),
-    "payment-events": ("orders", "orchestrator"),
+    topic: tuple(s.name for s in SERVICES.values() if topic in s.sources)
+    for topic in ("order-commands", "order-events", "inventory-events", "payment-events")
 }
 REQUIRED = ("reason", "service", "topic", "partition", "offset")
 

@@ -25,7 +25,7 @@ from agents.messaging.client import OrderClient
 from agents.ops.audit import audit, tracker_views
 from agents.topology import SAGA_EVENTS
 from schemas.codec import encode, new_envelope
-from schemas.oms_pb2 import OrderCancelled, OrderCreated, PaymentFailed
+from schemas.oms_pb2 import OrderCancelled, PaymentFailed, PlaceOrder
 from tests.conftest import drop_test_databases, make_settings
 from tests.helpers import eventually, query
 
@@ -317,7 +317,7 @@ async def test_saga_of_an_unknown_order_is_in_flight_until_its_deadline(stack: S
     async with OrderClient(stack.settings) as client:
         topic = stack.settings.topic(SAGA_EVENTS)
         await client.send_raw(topic, order_id.encode(), encode(new_envelope(
-            order_id, OrderCreated(customer_id="audit"), producer="test",
+            order_id, PlaceOrder(customer_id="audit"), producer="test",
             placed_at_ms=long_ago)))
         try:
             await eventually(running, lambda n: n == 1, 30, "the tracker runs the saga")

@@ -19,7 +19,7 @@ from agents.dev.stack import Stack
 from agents.messaging.client import OrderClient
 from agents.ops.audit import audit
 from schemas.codec import encode, new_envelope
-from schemas.oms_pb2 import Envelope, OrderLine, PaymentRefunded, PlaceOrder
+from schemas.oms_pb2 import Envelope, OrderLine, PlaceOrder
 from tests.conftest import make_settings, running_stack
 from tests.helpers import eventually, query
 
@@ -112,11 +112,11 @@ async def test_a_late_event_for_a_finished_saga_starts_no_new_one(
 async def test_the_audit_counts_a_stray_saga_inside_its_deadline_as_in_flight(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    """An event names an order nobody placed: its saga runs until its deadline cancels it."""
-    stray = new_envelope(str(uuid.uuid4()), PaymentRefunded(charge_id="ch", amount_cents=1),
-                         producer="test")
+    """An event only the tracker reads names an order nobody placed: its saga runs until
+    its deadline cancels it."""
+    stray = new_envelope(str(uuid.uuid4()), PlaceOrder(customer_id="stray"), producer="test")
     async with OrderClient(stack.settings) as client:
-        await client.send_raw(stack.settings.topic("payment-events"), stray.order_id.encode(),
+        await client.send_raw(stack.settings.topic("saga-events"), stray.order_id.encode(),
                               encode(stray))
     await eventually(lambda: saga(stack, http, stray.order_id),
                      lambda s: s.get("status") == "RUNNING", 10, "the stray saga")
