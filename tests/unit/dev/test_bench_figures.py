@@ -111,6 +111,15 @@ def test_tenths_go_by_send_order_and_show_a_slowing_run() -> None:
     assert all(p["orders_per_s"] == 100.0 for p in parts)
 
 
+def test_a_tenths_throughput_is_the_systems_while_it_finished_not_its_own_share() -> None:
+    # 20 orders sent at once, one finishing every 10 ms, the two halves interleaved: each half
+    # finishes at 50/s, while the system finishes 100 orders/s all along
+    orders = [Sent(0.0, (2 * (i % 10) + i // 10) * 0.01) for i in range(20)]
+    assert sorted(o.finished_at or 0 for o in orders) == [i * 0.01 for i in range(20)]
+    first, second = tenths(orders, parts=2)
+    assert first["orders_per_s"] == second["orders_per_s"] == 100.0
+
+
 def test_a_tenth_leaves_hung_and_unfinished_orders_out_of_its_percentiles() -> None:
     orders = [Sent(0.0, 0.02), Sent(0.0, 30.0, hung=True), Sent(0.0, None)]
     [part] = tenths(orders, parts=1)
