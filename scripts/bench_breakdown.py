@@ -7,37 +7,38 @@ Stamps, all from the one PostgreSQL clock:
   so equal to the ``received_at`` of the events that transaction claimed;
 * outbox ``written_at`` (``clock_timestamp()``): when the step inserted its
   outbox rows, its last statement before the commit;
-* outbox ``sent_at`` (``now()`` of the relay's mark): just after the relay's
-  publish was acknowledged by the broker.
+* outbox ``sent_at``: when the relay marked the row sent. It marks in batches,
+  up to ``mark_every_s`` (0.1 s) after the publish, so it is NOT the publish
+  time and is not used here: a consumer often has the record before it.
 
-For each hop (producing service, event type -> consuming service) the p50 of
-three stages that follow one another without overlap:
+For each hop (producing service, event type -> consuming service), p50s of:
 
 * ``step_ms``, the step transaction: the consuming step from its transaction
   start to its outbox insert (``received_at`` -> the ``written_at`` of the rows
   that transaction emitted). It leaves out the commit, which falls in the next
-  hop's relay stage. A batch of events is one transaction, so this is the
-  batch's work, not one event's. Steps that emit nothing cannot be timed (their
-  count is ``step_n``); neither can the tracker, which has no database.
-* ``relay_ms``, the relay publish: the producing step's commit, the relay's
-  wake-up, the publish and the broker's ack (``written_at`` -> ``sent_at``).
-* ``broker_and_batch_ms``, broker and batch wait: the broker delivering the
-  record, the consumer's fetch wait, Faust's dispatch, the batch before it
-  being applied, and the start of the consuming transaction (``sent_at`` ->
-  ``received_at``). No stamp is taken when a record is fetched, so the broker's
-  wait cannot be told apart from the wait for the batch. Since ``sent_at`` is
-  stamped after the broker's ack, a fast delivery can make this negative for
-  one event; the p50 is what to read.
+  hop's second stage. A batch of events is one transaction, so this is the
+  batch's work, not one event's. A step that emits nothing in the transaction
+  that claimed the event cannot be timed: payments, which emits after the
+  provider's answer in a later transaction, and the tracker, which has no
+  database (``step_n`` counts the timed ones).
+* ``relay_broker_and_batch_ms``, everything between two steps: the producing
+  step's commit, the relay's wake-up and publish, the broker, the consumer's
+  fetch wait, Faust's dispatch, the wait for the batch ahead of it, and the
+  start of the consuming transaction (``written_at`` -> ``received_at``). No
+  stamp is taken when a record is published or fetched, so the relay, the
+  broker's wait and the batch wait cannot be told apart here
+  (``scripts/fetch_latency.py`` measures the broker's fetch cycle alone).
+* ``hop_ms``, the whole hop (also p95): producing transaction start ->
+  consuming transaction start, i.e. the producing step's work plus the
+  previous stage. Medians of parts need not add up to the median of a sum.
 
-``hop_ms`` is the whole of it, producing transaction start -> consuming
-transaction start (p50 and p95); medians of the parts need not add up to it.
 The client's ``PlaceOrder`` (sent by the bench, not from an outbox) and hops
-into the tracker are not in the databases. Rows from before the
-``written_at`` column have no step or relay stage.
+into the tracker are not in the databases; rows from before the ``written_at``
+column count only in ``hop_ms``.
 
 Usage, with the settings of the run (the databases must still exist, so use a
 real PostgreSQL with ``OMS_DATABASE_URL`` and an ``OMS_DATABASE_PREFIX`` of its
-own)::
+own), prints JSON::
 
     OMS_DATABASE_URL=postgresql://root@127.0.0.1:5432 OMS_DATABASE_PREFIX=oms_b1_ \\
         python scripts/bench_breakdown.py
@@ -70,7 +71,6 @@ class Produced:
     event_type: str
     created_at: float
     written_at: float
-    sent_at: float
 
 
 @dataclass
@@ -94,14 +94,14 @@ def _epoch(value: Any) -> float:
 
 
 def add_outbox(stamps: Stamps, service: str, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Record a service's outbox rows (``value`` and the epochs ``c``, ``w``, ``s``), and
-    when each of its emitting transactions ended."""
+    """Record a service's outbox rows (``value`` and the epochs ``c`` and ``w``), and when
+    each of its emitting transactions ended."""
     for row in rows:
         try:
             env = decode(row["value"])
         except DecodeError:
             continue  # the audit reports undecodable rows; here they have no hop to time
-        produced = Produced(service, env.type, float(row["c"]), _epoch(row["w"]), _epoch(row["s"]))
+        produced = Produced(service, env.type, float(row["c"]), _epoch(row["w"]))
         stamps.produced[env.event_id] = produced
         key = (service, produced.created_at)
         if not math.isnan(produced.written_at):
@@ -116,8 +116,7 @@ def hops(stamps: Stamps) -> dict[str, dict[str, float | int | None]]:
         for consumer, received in stamps.received.get(event_id, []):
             hop = stages[f"{made.service}:{made.event_type} -> {consumer}"]
             hop["hop"].append((received - made.created_at) * 1000)
-            hop["relay"].append((made.sent_at - made.written_at) * 1000)
-            hop["broker_and_batch"].append((received - made.sent_at) * 1000)
+            hop["between"].append((received - made.written_at) * 1000)
             end = stamps.step_end.get((consumer, received))
             if end is not None:
                 hop["step"].append((end - received) * 1000)
@@ -126,8 +125,7 @@ def hops(stamps: Stamps) -> dict[str, dict[str, float | int | None]]:
 
 def _summary(hop: dict[str, list[float]]) -> dict[str, float | int | None]:
     return {"n": len(hop["hop"]), "step_ms": _pct(hop["step"], .5), "step_n": len(hop["step"]),
-            "relay_ms": _pct(hop["relay"], .5),
-            "broker_and_batch_ms": _pct(hop["broker_and_batch"], .5),
+            "relay_broker_and_batch_ms": _pct(hop["between"], .5),
             "hop_ms": _pct(hop["hop"], .5), "hop_p95_ms": _pct(hop["hop"], .95)}
 
 
@@ -139,8 +137,7 @@ async def read_stamps(settings: Settings) -> Stamps:
         try:
             add_outbox(stamps, service, await conn.fetch(
                 "SELECT value, extract(epoch FROM created_at) AS c,"
-                " extract(epoch FROM written_at) AS w, extract(epoch FROM sent_at) AS s"
-                " FROM outbox"))
+                " extract(epoch FROM written_at) AS w FROM outbox"))
             for row in await conn.fetch("SELECT event_id::text AS id,"
                                         " extract(epoch FROM received_at) AS r FROM inbox"):
                 stamps.received.setdefault(row["id"], []).append((service, float(row["r"])))
