@@ -136,7 +136,10 @@ def tenths(orders: Sequence[Sent], parts: int = TENTHS) -> list[dict[str, float]
     tenth's orders were finishing (between its 10th and 90th percentile finish
     times, so one straggler does not set the window), per second. The tenth's
     own finish rate would read low whenever tenths overlap, as they do at
-    maximum throughput, where a window of orders is in flight at once.
+    maximum throughput, where a window of orders is in flight at once. There,
+    the first tenth finishes in the burst of the window's first wave (sent at
+    once, applied in large batches) and reads high when a tenth is shorter than
+    the window; compare first and last tenths of runs much longer than it.
     """
     finishes = sorted(o.finished_at for o in orders if o.finished_at is not None)
     n = len(orders)
