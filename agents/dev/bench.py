@@ -594,15 +594,18 @@ def cpu_figures(cpu_s: dict[str, float], finished: int, whole_system: bool) -> d
 
 async def measure_idle(roots: dict[str, list[tuple[int, bool]]], seconds: float,
                        emit: Progress) -> dict[str, float] | None:
-    """The system's CPU over ``seconds`` with no orders, as percent of one core (None if 0 s).
+    """The system's CPU over ``seconds`` with no orders, as percent of one core (None if 0 s,
+    or with no system process to sample).
 
     Work that does not scale with orders (timers, fetch polls, the relay's
     wake-ups) shows here; under load it hides inside CPU per order.
     """
-    if seconds <= 0:
+    system = {group: pids for group, pids in roots.items() if group != figures.CLIENT_GROUP}
+    if seconds <= 0 or not system:
+        if seconds > 0:
+            emit("idle CPU: no system processes to sample (--external), not measured")
         return None
     emit(f"sampling the idle system for {seconds:g}s ...")
-    system = {group: pids for group, pids in roots.items() if group != figures.CLIENT_GROUP}
     sampler = ProcessSampler(system, rss=frozenset())
     sampler.start()
     started = time.monotonic()

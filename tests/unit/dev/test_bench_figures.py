@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 
 import pytest
 
-from agents.dev.bench import BenchConfig, OrderWatch, cpu_figures, load_summary
+from agents.dev.bench import BenchConfig, OrderWatch, cpu_figures, load_summary, measure_idle
 from agents.dev.bench_figures import (
     Sent,
     cpu_ms_per_order,
@@ -51,6 +53,13 @@ def test_without_a_stack_the_cpu_figures_are_not_given() -> None:
 def test_idle_cpu_is_percent_of_one_core_per_group_and_in_total() -> None:
     idle = idle_percent_of_core({"broker": 0.5, "postgres": 0.2, "bench": 9.0}, seconds=10.0)
     assert idle == {"broker": 5.0, "postgres": 2.0, "total": 7.0}
+
+
+async def test_without_system_processes_idle_cpu_is_not_measured() -> None:
+    said: list[str] = []
+    idle = measure_idle({"bench": [(os.getpid(), False)]}, 3600.0, said.append)
+    assert await asyncio.wait_for(idle, timeout=5.0) is None  # returns at once, no hour-long wait
+    assert said == ["idle CPU: no system processes to sample (--external), not measured"]
 
 
 def test_an_empty_idle_window_is_refused() -> None:
