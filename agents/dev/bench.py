@@ -22,6 +22,10 @@ orders are reported apart. Alongside it the
 run reports the PostgreSQL step rate of the same server (a micro-benchmark
 of the step transaction's shape), so the throughput reads as a fraction of
 the database limit, and CPU seconds and RSS per service process.
+
+The figures the targets are judged by (CPU per order and its split, Kafka
+deliveries per order per service, idle CPU, and the run in tenths) are
+computed in :mod:`agents.dev.bench_figures`.
 """
 
 from __future__ import annotations
@@ -37,16 +41,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import aiohttp
 import asyncpg
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from agents.dev import bench_figures as figures
+from agents.dev.bench_figures import Sent
 from agents.dev.catalogue import REGULAR_SKUS
 from agents.dev.demo import demo_order, percentile, place_order, settled_audit
 from agents.dev.stack import Stack, start_stack
 from agents.messaging import kafka
 from agents.topology import ORDER_COMMANDS, ORDER_EVENTS
-from config import Settings
+from config import SERVICES, Settings
 from schemas.codec import DecodeError, decode, encode
 from schemas.oms_pb2 import Envelope
 from stores.db import connect
@@ -79,6 +86,8 @@ class BenchConfig:
     progress_every_s: float = 2.0
     hung_every: int = 0
     """Order ``i`` with ``i % hung_every == 0`` pays with the hanging token; 0 = none."""
+    idle_s: float = 0.0
+    """Seconds to sample the system's CPU with no orders before the load; 0 = skip."""
 
     def hung(self, i: int) -> bool:
         """Whether order ``i`` is one whose PSP call never answers."""
@@ -121,6 +130,7 @@ class OrderWatch:
     """Orders whose PSP call never answers; their latencies go to ``hung_latencies_ms``."""
     hung_latencies_ms: list[float] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TERMINAL_EVENTS, 0))
+    finished_at: dict[str, float] = field(default_factory=dict)
     send_lag_ms: list[float] = field(default_factory=list)
     send_errors: int = 0
     undecodable: int = 0
@@ -158,6 +168,7 @@ class OrderWatch:
         if envelope.type not in TERMINAL_EVENTS:
             return
         self._finished.add(order_id)
+        self.finished_at[order_id] = at
         self.outcomes[envelope.type] += 1
         latencies = self.hung_latencies_ms if order_id in self.hung else self.latencies_ms
         latencies.append((at - self.sent_at[order_id]) * 1000.0)
@@ -165,6 +176,11 @@ class OrderWatch:
         if self.window is not None:
             self.window.release()
         self._check_done()
+
+    def sent_orders(self) -> list[Sent]:
+        """Every order in send order, with when it finished (for the run's tenths)."""
+        return [Sent(at, self.finished_at.get(order_id), order_id in self.hung)
+                for order_id, at in self.sent_at.items()]
 
     def placing_finished(self) -> None:
         self.placing_done = True
@@ -530,17 +546,23 @@ def load_summary(tracker: OrderWatch, cfg: BenchConfig) -> dict[str, Any]:
         "hung_orders": len(tracker.hung),
         "hung_max_ms": round(max(tracker.hung_latencies_ms), 1) if tracker.hung_latencies_ms
         else 0.0,
+        "tenths": figures.tenths(tracker.sent_orders()),
     }
 
 
 async def run_bench(settings: Settings, cfg: BenchConfig, stack: Stack | None = None,
                     emit: Progress | None = None) -> dict[str, Any]:
-    """Measure the PostgreSQL limit, drive the load while sampling processes, then audit."""
+    """Measure the PostgreSQL limit and the idle CPU, drive the load while sampling
+    processes and counting deliveries, then audit."""
     emit = emit or _stderr
     emit(f"measuring the PostgreSQL step rate ({2 * cfg.pg_seconds:.0f}s) ...")
     pg = await pg_step_rates(settings, cfg.pg_seconds, cfg.pg_connections)
     emit(f"pg: {pg}")
-    sampler = ProcessSampler(await process_roots(stack), rss=_rss_groups(stack))
+    roots = await process_roots(stack)
+    idle = await measure_idle(roots, cfg.idle_s, emit)
+    urls = worker_urls(stack)
+    events_before = await figures.scrape_events(urls) if urls else {}
+    sampler = ProcessSampler(roots, rss=_rss_groups(stack))
     sampler.start()
     mode = f"{cfg.rate:g} orders/s" if cfg.rate else f"max throughput (window {cfg.window})"
     emit(f"placing {cfg.total_orders()} orders at {mode} ...")
@@ -554,8 +576,82 @@ async def run_bench(settings: Settings, cfg: BenchConfig, stack: Stack | None = 
     limit = pg["pg_step_rate_per_s"] / STEPS_PER_ORDER
     result["orders_per_s_of_pg_limit"] = round(result["orders_per_s"] / limit, 3) if limit else 0.0
     result.update(sampler.report())
+    result.update(cpu_figures(result["cpu_s"], tracker.finished, stack is not None))
     result.update(await _audit(settings, cfg, emit))
+    result["deliveries_per_order"] = await deliveries(urls, events_before, tracker.finished, emit)
+    result.update({"idle_s": cfg.idle_s, "idle_cpu_percent_of_core": idle})
     return result
+
+
+def cpu_figures(cpu_s: dict[str, float], finished: int, whole_system: bool) -> dict[str, Any]:
+    """``cpu_ms_per_order`` and ``cpu_share``; None without a stack (``--external``), whose
+    broker and services this process cannot see."""
+    if not whole_system:
+        return {"cpu_ms_per_order": None, "cpu_share": None}
+    return {"cpu_ms_per_order": figures.cpu_ms_per_order(cpu_s, finished),
+            "cpu_share": figures.cpu_share(cpu_s)}
+
+
+async def measure_idle(roots: dict[str, list[tuple[int, bool]]], seconds: float,
+                       emit: Progress) -> dict[str, float] | None:
+    """The system's CPU over ``seconds`` with no orders, as percent of one core (None if 0 s,
+    or with no system process to sample).
+
+    Work that does not scale with orders (timers, fetch polls, the relay's
+    wake-ups) shows here; under load it hides inside CPU per order.
+    """
+    system = {group: pids for group, pids in roots.items() if group != figures.CLIENT_GROUP}
+    if seconds <= 0 or not system:
+        if seconds > 0:
+            emit("idle CPU: no system processes to sample (--external), not measured")
+        return None
+    emit(f"sampling the idle system for {seconds:g}s ...")
+    sampler = ProcessSampler(system, rss=frozenset())
+    sampler.start()
+    started = time.monotonic()
+    await asyncio.sleep(seconds)  # the measurement window, not a wait for anything
+    await sampler.stop()
+    return figures.idle_percent_of_core(sampler.report()["cpu_s"], time.monotonic() - started)
+
+
+def worker_urls(stack: Stack | None) -> list[str]:
+    """Every worker's web URL (none without a stack)."""
+    if stack is None:
+        return []
+    return [stack.web_url(name) for names in stack.workers.values() for name in names]
+
+
+async def deliveries(urls: list[str], before: dict[str, float], finished: int,
+                     emit: Progress) -> dict[str, float] | None:
+    """Records delivered to each service's agents per finished order (None without a stack).
+
+    Read once the counters stop moving: an order's last events (inventory
+    committing, the tracker reading ``InventoryCommitted``) arrive after the
+    client saw it finish.
+    """
+    if not urls:
+        emit("deliveries per order: no stack (--external), not measured")
+        return None
+    try:
+        after = await settled_events(urls)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        emit(f"deliveries per order not measured: a worker's /metrics failed: {exc!r}")
+        return None
+    return figures.deliveries_per_order(before, after, SERVICES, finished)
+
+
+async def settled_events(urls: list[str], deadline_s: float = 30.0,
+                         every_s: float = 0.5) -> dict[str, float]:
+    """Per-service ``oms_events_total`` once two scrapes ``every_s`` apart agree."""
+    last = await figures.scrape_events(urls)
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        await asyncio.sleep(every_s)
+        now = await figures.scrape_events(urls)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 def _rss_groups(stack: Stack | None) -> frozenset[str]:

@@ -98,11 +98,13 @@ async def _demo(settings: Settings, count: int, workers: int, wait_s: float) -> 
 @click.option("--hung-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="every N-th order pays with the token the PSP never answers; the"
               " percentiles are then the other orders'")
+@click.option("--idle-s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="before the load, sample the system's CPU this long with no orders; 0 = skip")
 @click.option("--no-audit", is_flag=True, help="skip the invariant audit at the end")
 @click.option("--external", is_flag=True, help="drive the configured running system; start nothing")
 def bench_command(count: int | None, rate: float | None, duration: float | None, workers: int,
                   partitions: int | None, mix: str, window: int, hung_every: int,
-                  no_audit: bool, external: bool) -> None:
+                  idle_s: float, no_audit: bool, external: bool) -> None:
     """Measure throughput and client-observed latency; print one JSON line."""
     from agents.dev.bench import BenchConfig, bench_with_stack
 
@@ -113,7 +115,7 @@ def bench_command(count: int | None, rate: float | None, duration: float | None,
         settings = settings.model_copy(update={"partitions": partitions})
     cfg = BenchConfig(orders=count, rate=rate, duration_s=duration, workers=workers,
                       mix=mix, window=window, audit=not no_audit,  # type: ignore[arg-type]
-                      hung_every=hung_every)
+                      hung_every=hung_every, idle_s=idle_s)
     result = _run(bench_with_stack(settings, cfg, external=external))
     echo_json(result)
     sys.exit(0 if result["unfinished"] == 0 and result["audit"] != "violated" else 1)

@@ -188,6 +188,7 @@ class SagaTracker:
             before = self._read(key, self.sagas.get(key))
         was_finished = before.finished if before else False
         saga, commands = transition(before, envelope, now_ms(), self.timeout_ms, trace_id)
+        metrics.EVENTS.labels(SERVICE, envelope.type, "recorded").inc()  # deliveries, like steps'
         touched[key] = saga
         for command in commands:
             await self._send_command(command)
@@ -306,6 +307,7 @@ class SagaTracker:
 
     async def _dead_letter(self, message: Message, reason: str) -> None:
         await self.dead_letters.publish(message, reason)
+        metrics.EVENTS.labels(SERVICE, "unknown", "dead_letter").inc()
 
     def counts(self) -> dict[str, int]:
         """Sagas per status among the partitions this worker owns."""

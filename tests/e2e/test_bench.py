@@ -29,7 +29,8 @@ KEYS = {
     "p99_ms", "max_ms", "confirmed", "cancelled", "workers", "partitions", "pg_step_rate_per_s",
     "pg_batched_step_rate_per_s", "orders_per_s_of_pg_limit", "cpu_s", "peak_rss_mb",
     "rss_mb_start", "rss_mb_end", "rss_mb_timeline", "audit", "send_lag_p99_ms",
-    "send_lag_max_ms", "send_errors",
+    "send_lag_max_ms", "send_errors", "cpu_ms_per_order", "cpu_share", "deliveries_per_order",
+    "idle_s", "idle_cpu_percent_of_core", "tenths",
 }
 
 
@@ -55,6 +56,22 @@ def assert_consistent(result: dict[str, Any], orders: int, expected_confirmed: i
         line = result["rss_mb_timeline"][service]
         assert len(line) == 10 and line[-1] == result["rss_mb_end"][service]
     assert result["audit"] == "ok"
+    assert_judged_figures(result)
+
+
+def assert_judged_figures(result: dict[str, Any]) -> None:
+    """The figures the targets are judged by are there and add up."""
+    assert result["cpu_ms_per_order"] > 0
+    share = result["cpu_share"]
+    assert set(SERVICES) <= share.keys() and "bench" not in share  # the test's broker is shared
+    assert sum(share.values()) == pytest.approx(1.0, abs=0.01)
+    delivered = result["deliveries_per_order"]
+    assert set(delivered) == set(SERVICES)
+    assert all(delivered[s] > 0 for s in SERVICES), delivered
+    assert delivered["orchestrator"] >= 3  # it reads every event, an order has at least three
+    assert len(result["tenths"]) == 10
+    assert all(t["p50_ms"] <= t["p99_ms"] for t in result["tenths"])
+    assert any(t["orders_per_s"] > 0 for t in result["tenths"])
 
 
 async def expected_confirmed(stack: Stack, orders: int) -> int:
@@ -112,10 +129,15 @@ async def test_open_loop_at_a_fixed_rate_reports_every_order(stack: Stack) -> No
     cfg = BenchConfig(orders=40, rate=20.0, pg_seconds=0.5, pg_connections=2)
     result = await measured_run(stack, cfg)
     assert result["mode"] == "rate"
+    assert result["idle_s"] == 0 and result["idle_cpu_percent_of_core"] is None
     assert result["seconds"] >= 39 / 20.0  # the schedule, not the system, set the pace
 
 
 async def test_max_throughput_reports_every_order(stack: Stack) -> None:
-    cfg = BenchConfig(orders=40, window=10, pg_seconds=0.5, pg_connections=2)
+    cfg = BenchConfig(orders=40, window=10, pg_seconds=0.5, pg_connections=2, idle_s=1.0)
     result = await measured_run(stack, cfg)
     assert result["mode"] == "max" and result["send_lag_max_ms"] == 0.0
+    idle = result["idle_cpu_percent_of_core"]
+    assert set(SERVICES) | {"total"} <= idle.keys() and "bench" not in idle
+    assert idle["total"] == pytest.approx(sum(v for k, v in idle.items() if k != "total"),
+                                          abs=0.5)

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from faust.types.tuples import Message
+from prometheus_client import REGISTRY
 
 from agents.orchestrator.saga import CONFIRMED, RUNNING
 from agents.orchestrator.table import SagaTracker
@@ -98,3 +99,34 @@ async def test_a_saga_keeps_the_trace_id_of_its_events(tmp_path: Path) -> None:
     traced.headers = [("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01".encode())]
     await tracked.on_batch([traced])
     assert table[oid.encode()]["trace_id"] == trace_id
+
+
+class RecordedDeadLetters:
+    """Dead letters kept in a list instead of published (the counter is what is checked)."""
+
+    def __init__(self) -> None:
+        self.parked: list[tuple[Message, str]] = []
+
+    async def publish(self, message: Message, reason: str) -> None:
+        self.parked.append((message, reason))
+
+
+def events_counted(result: str) -> float:
+    """The tracker's ``oms_events_total`` of ``result``, over every event type."""
+    return sum(s.value for family in REGISTRY.collect() if family.name == "oms_events"
+               for s in family.samples if s.name == "oms_events_total"
+               and s.labels["service"] == "orchestrator" and s.labels["result"] == result)
+
+
+async def test_every_record_it_receives_is_counted_once(tmp_path: Path) -> None:
+    """``oms bench`` reads deliveries per order from this counter, as it does for the steps."""
+    tracked, _ = tracker(tmp_path)
+    tracked.dead_letters = RecordedDeadLetters()  # type: ignore[assignment]
+    oid = str(uuid.uuid4())
+    created = message(envelope(oid, OrderCreated(amount_cents=500)), 0)
+    garbage = Message("oms.order-events", 0, 2, 0.0, 0, [], oid.encode(), b"\xff", None)
+    recorded, dead = events_counted("recorded"), events_counted("dead_letter")
+    await tracked.on_batch([created, message(envelope(oid, InventoryReserved()), 1), garbage])
+    await tracked.on_batch([created])  # redelivered: received, so counted again
+    assert events_counted("recorded") - recorded == 3
+    assert events_counted("dead_letter") - dead == 1
