@@ -164,8 +164,9 @@ class SagaTracker:
             try:
                 envelope = decode(message.value)
                 check_type_header(message.headers, envelope)
-                if envelope.type not in ORCHESTRATOR.handles:
-                    continue  # sent without a type header (the transport skips the others)
+                if envelope.type not in ORCHESTRATOR.handles:  # sent without a type header
+                    metrics.EVENTS.labels(SERVICE, envelope.type, "ignored").inc()
+                    continue
                 check_key(message.key, envelope)
             except DecodeError as exc:
                 await self._dead_letter(message, exc.reason)

@@ -101,16 +101,6 @@ async def test_a_saga_keeps_the_trace_id_of_its_events(tmp_path: Path) -> None:
     assert table[oid.encode()]["trace_id"] == trace_id
 
 
-class RecordedDeadLetters:
-    """Dead letters kept in a list instead of published (the counter is what is checked)."""
-
-    def __init__(self) -> None:
-        self.parked: list[tuple[Message, str]] = []
-
-    async def publish(self, message: Message, reason: str) -> None:
-        self.parked.append((message, reason))
-
-
 def events_counted(result: str) -> float:
     """The tracker's ``oms_events_total`` of ``result``, over every event type."""
     return sum(s.value for family in REGISTRY.collect() if family.name == "oms_events"
@@ -121,12 +111,14 @@ def events_counted(result: str) -> float:
 async def test_every_record_it_receives_is_counted_once(tmp_path: Path) -> None:
     """``oms bench`` reads deliveries per order from this counter, as it does for the steps."""
     tracked, _ = tracker(tmp_path)
-    tracked.dead_letters = RecordedDeadLetters()  # type: ignore[assignment]
+    tracked.dead_letters = fakes.DeadLetterTopic()  # type: ignore[assignment]
     oid = str(uuid.uuid4())
-    created = message(envelope(oid, OrderCreated(amount_cents=500)), 0)
+    placed = message(envelope(oid, PlaceOrder(customer_id="c")), 0)
+    created = message(envelope(oid, OrderCreated(amount_cents=500)), 1)  # sent without header
     garbage = Message("oms.order-events", 0, 2, 0.0, 0, [], oid.encode(), b"\xff", None)
-    recorded, dead = events_counted("recorded"), events_counted("dead_letter")
-    await tracked.on_batch([created, message(envelope(oid, InventoryReserved()), 1), garbage])
-    await tracked.on_batch([created])  # redelivered: received, so counted again
-    assert events_counted("recorded") - recorded == 3
-    assert events_counted("dead_letter") - dead == 1
+    counted = {result: events_counted(result) for result in ("recorded", "ignored", "dead_letter")}
+    await tracked.on_batch([placed, created, garbage])
+    await tracked.on_batch([placed])  # redelivered: received, so counted again
+    assert events_counted("recorded") - counted["recorded"] == 2
+    assert events_counted("ignored") - counted["ignored"] == 1
+    assert events_counted("dead_letter") - counted["dead_letter"] == 1
