@@ -68,7 +68,7 @@ def assert_judged_figures(result: dict[str, Any]) -> None:
     delivered = result["deliveries_per_order"]
     assert set(delivered) == set(SERVICES)
     assert all(delivered[s] > 0 for s in SERVICES), delivered
-    assert delivered["orchestrator"] >= 3  # it reads every event, an order has at least three
+    assert delivered["orchestrator"] >= 2  # it reads a saga's start and its end, no step between
     assert len(result["tenths"]) == 10
     assert all(t["p50_ms"] <= t["p99_ms"] for t in result["tenths"])
     assert any(t["orders_per_s"] > 0 for t in result["tenths"])

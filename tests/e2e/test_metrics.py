@@ -19,6 +19,7 @@ from agents.dev.demo import wait_terminal
 from agents.dev.stack import Stack
 from agents.messaging.client import OrderClient
 from agents.orders.intake import LineRequest, PlaceOrderRequest
+from agents.topology import SERVICES
 from config import Settings
 from schemas.codec import decode
 from tests.conftest import make_settings, running_stack
@@ -171,13 +172,7 @@ async def test_outbox_backlog_counts_unpublished_rows_and_drains(
 
 async def test_consumer_lag_is_reported_per_owned_partition_and_drains(settled: Stack) -> None:
     prefix = settled.settings.topic_prefix
-    sources = {
-        "orders": {"order-commands", "inventory-events", "payment-events"},
-        "inventory": {"order-events"},
-        "payments": {"order-events", "inventory-events"},
-        "orchestrator": {"order-commands", "order-events", "inventory-events",
-                         "payment-events", "saga-events"},
-    }
+    sources = {name: set(service.sources) for name, service in SERVICES.items()}
     for service, topics in sources.items():
 
         async def lags(service: str = service) -> dict[tuple[str, str], float]:

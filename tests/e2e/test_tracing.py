@@ -54,8 +54,8 @@ def handled(spans: list[Span], service: str, event_type: str) -> Span | None:
     return None
 
 
-async def trace_of(stack: Stack, order_id: str, last: tuple[str, str]) -> list[Span]:
-    """Every span of the order's trace, once ``last`` (service, event type) has been handled."""
+async def trace_of(stack: Stack, order_id: str, *last: tuple[str, str]) -> list[Span]:
+    """Every span of the order's trace, once each of ``last`` (service, event type) is handled."""
 
     async def probe() -> list[Span]:
         spans = tracing.read_spans(stack.settings.data_dir)
@@ -67,7 +67,7 @@ async def trace_of(stack: Stack, order_id: str, last: tuple[str, str]) -> list[S
     def complete(spans: list[Span]) -> bool:
         ids = {s["span_id"] for s in spans}
         linked = all(s["parent_id"] is None or s["parent_id"] in ids for s in spans)
-        return linked and handled(spans, *last) is not None
+        return linked and all(handled(spans, *step) is not None for step in last)
 
     return await eventually(probe, complete, timeout_s=30,
                             what=f"{last} handled for {order_id}, every parent exported")
@@ -119,19 +119,23 @@ def assert_one_well_formed_trace(spans: list[Span], order_id: str) -> None:
 
 async def test_confirmed_order_is_one_trace_across_all_services(stack: Stack) -> None:
     oid = await place(stack, "tok_visa")
-    spans = await trace_of(stack, oid, ("orchestrator", "InventoryCommitted"))
+    spans = await trace_of(stack, oid, ("orchestrator", "OrderConfirmed"),
+                           ("inventory", "OrderConfirmed"))
     assert_one_well_formed_trace(spans, oid)
 
-    leaf = handled(spans, "orchestrator", "InventoryCommitted")
+    leaf = handled(spans, "orchestrator", "OrderConfirmed")
     assert leaf is not None
     assert hops(ancestry(spans, leaf)) == path(
         ("client", "PlaceOrder", "orders"),
         ("orders", "OrderCreated", "inventory"),
         ("inventory", "InventoryReserved", "payments"),
         ("payments", "PaymentCompleted", "orders"),
-        ("orders", "OrderConfirmed", "inventory"),
-        ("inventory", "InventoryCommitted", "orchestrator"),
+        ("orders", "OrderConfirmed", "orchestrator"),
     )
+    # the stock commit hangs off the same OrderConfirmed: a sibling of the tracker's branch
+    commit = handled(spans, "inventory", "OrderConfirmed")
+    assert commit is not None
+    assert hops(ancestry(spans, commit))[-3:] == path(("orders", "OrderConfirmed", "inventory"))
     publish = [s for s in spans if s["kind"] == "PRODUCER"]
     assert all(s["attributes"]["messaging.operation"] == "publish" for s in publish)
     consumed = handled(spans, "inventory", "OrderCreated")
@@ -141,18 +145,21 @@ async def test_confirmed_order_is_one_trace_across_all_services(stack: Stack) ->
 
 async def test_declined_order_compensation_is_in_the_same_trace(stack: Stack) -> None:
     oid = await place(stack, "tok_decline")
-    spans = await trace_of(stack, oid, ("orchestrator", "InventoryReleased"))
+    spans = await trace_of(stack, oid, ("orchestrator", "OrderCancelled"),
+                           ("inventory", "OrderCancelled"))
     assert_one_well_formed_trace(spans, oid)
 
-    leaf = handled(spans, "orchestrator", "InventoryReleased")
+    leaf = handled(spans, "orchestrator", "OrderCancelled")
     assert leaf is not None
     assert hops(ancestry(spans, leaf)) == path(
         ("client", "PlaceOrder", "orders"),
         ("orders", "OrderCreated", "inventory"),
         ("inventory", "InventoryReserved", "payments"),
         ("payments", "PaymentFailed", "orders"),
-        ("orders", "OrderCancelled", "inventory"),
-        ("inventory", "InventoryReleased", "orchestrator"),
+        ("orders", "OrderCancelled", "orchestrator"),
     )
+    release = handled(spans, "inventory", "OrderCancelled")
+    assert release is not None
+    assert hops(ancestry(spans, release))[-3:] == path(("orders", "OrderCancelled", "inventory"))
     failed = handled(spans, "orders", "PaymentFailed")
     assert failed is not None and failed["attributes"]["oms.result"] == "applied"
