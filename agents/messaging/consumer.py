@@ -220,8 +220,8 @@ class ServiceConsumer:
         message = messages[envelope.event_id]
         started = time.perf_counter()
         with tracing.consuming(self.service, envelope, message.topic, message.headers,
-                               message.partition, message.offset) as span:
-            yield tracing.current_headers()
+                               message.partition, message.offset) as (span, trace_headers):
+            yield trace_headers
             span.set_attribute("oms.result", "applied")
         metrics.HANDLER_SECONDS.labels(self.service, envelope.type).observe(
             time.perf_counter() - started)

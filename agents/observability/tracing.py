@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,7 +42,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind
 
 from config import Settings
 from schemas.codec import DecodeError, decode
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 
 TRACER_NAME = "oms"
 TRACE_HEADERS = ("traceparent", "tracestate")
+_TRACEPARENT = re.compile(
+    r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}(?P<extra>-.*)?")
+_ZEROS = re.compile("0+")
 KafkaHeaders = list[tuple[str, bytes]]
 
 _provider: TracerProvider | None = None
@@ -143,12 +147,20 @@ def trace_id_of(
 ) -> str:
     """The trace id (32 hex digits) that headers carry; '' for none or a malformed one.
 
-    Plain W3C parsing, so it works with tracing off in this process too.
+    Plain W3C parsing (what the propagator checks, without building a
+    context), so it works with tracing off in this process too.
     """
     pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
-    carrier = {k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v for k, v in pairs}
-    span = trace.get_current_span(propagate.extract(carrier)).get_span_context()
-    return format(span.trace_id, "032x") if span.is_valid else ""
+    for key, value in pairs:
+        if key == "traceparent" and value is not None:
+            text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            match = _TRACEPARENT.fullmatch(text.strip())
+            if match is None or match["version"] == "ff" or (
+                    match["version"] == "00" and match["extra"]):
+                return ""
+            return "" if _ZEROS.fullmatch(match["trace"]) or _ZEROS.fullmatch(
+                match["span"]) else match["trace"]
+    return ""
 
 
 def kafka_headers(headers: Mapping[str, str]) -> KafkaHeaders:
@@ -194,19 +206,32 @@ def handling(service: str, envelope: Envelope, topic: str) -> Iterator[Span]:
 @contextmanager
 def consuming(
     service: str, envelope: Envelope, topic: str, headers: Any, partition: int, offset: int
-) -> Iterator[Span]:
+) -> Iterator[tuple[Span, dict[str, str]]]:
     """The CONSUMER ``process`` span of one event of a batch, then its ``handle`` span.
 
     Parented by the record's ``traceparent``, exactly like faust's own sensor
-    does for one-at-a-time agents, so the order stays one trace.
+    does for one-at-a-time agents, so the order stays one trace. Yields the
+    handle span and the trace headers for what the event causes. Without an
+    SDK in this process no span could be recorded, so none is made: the
+    record's own trace headers pass on unchanged, which is what the API's
+    no-op spans would yield too, for a fraction of the work.
     """
+    if _provider is None:
+        yield INVALID_SPAN, passed_on(headers)
+        return
     attributes = event_attributes(envelope, topic, "process")
     attributes["messaging.destination.partition.id"] = str(partition)
     attributes["messaging.kafka.message.offset"] = offset
     with _tracer().start_as_current_span(f"{topic} process", context=context_from(headers),
                                          kind=SpanKind.CONSUMER, attributes=attributes):
         with handling(service, envelope, topic) as span:
-            yield span
+            yield span, current_headers()
+
+
+def passed_on(headers: Iterable[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """A Kafka record's W3C trace headers, as strings: its trace context, unchanged."""
+    return {k: v.decode("utf-8", "replace") for k, v in headers or ()
+            if k in TRACE_HEADERS and v is not None}
 
 
 @contextmanager
@@ -248,13 +273,13 @@ def start_outbox_publish(message: OutboxMessage) -> tuple[Span, KafkaHeaders]:
     Returns the span (end it on the broker's ack) and the record's headers,
     whose ``traceparent`` is now the publish span's.
     """
+    if _provider is None:  # nothing is recorded: the stored trace context goes out as it is
+        return INVALID_SPAN, kafka_headers(message.headers)
     envelope = None
-    if _provider is not None:  # decode only to name the event on a recorded span
-        try:
-            envelope = decode(message.value)
-        except DecodeError as exc:
-            log.warning("outbox row %s does not decode (%s); publishing it unnamed",
-                        message.id, exc)
+    try:  # decoded only to name the event on the recorded span
+        envelope = decode(message.value)
+    except DecodeError as exc:
+        log.warning("outbox row %s does not decode (%s); publishing it unnamed", message.id, exc)
     span, trace_headers = start_publish(message.topic, envelope, context_from(message.headers))
     return span, kafka_headers(with_trace(message.headers, trace_headers))
 

@@ -172,16 +172,17 @@ class SagaTracker:
                 await self._dead_letter(message, exc.reason)
                 continue
             with tracing.consuming(SERVICE, envelope, message.topic, message.headers,
-                                   message.partition, message.offset):
+                                   message.partition, message.offset) as (_, trace_headers):
                 try:
-                    await self._apply(envelope, touched, tracing.trace_id_of(message.headers))
+                    await self._apply(envelope, touched, trace_headers,
+                                      tracing.trace_id_of(message.headers))
                 except InvalidSagaEvent as exc:
                     await self._dead_letter(message, f"invalid {envelope.type}: {exc}")
         for key, saga in touched.items():
             self.sagas[key] = saga.as_dict()
 
     async def _apply(self, envelope: Envelope, touched: dict[bytes, Saga],
-                     trace_id: str = "") -> None:
+                     trace_headers: dict[str, str], trace_id: str = "") -> None:
         """Run one event through :func:`transition` and send the commands it decided."""
         key = envelope.order_id.encode()
         before = touched.get(key)
@@ -196,7 +197,7 @@ class SagaTracker:
         if saga.finished:
             self._forget(key)
         else:
-            self._traces[key] = tracing.current_headers()
+            self._traces[key] = trace_headers
         # a saga closed by CancelRejected had ended before: its outcome is not a new one
         if saga.finished and not was_finished and envelope.type != "CancelRejected":
             self._observe_outcome(saga)

@@ -105,3 +105,47 @@ def test_the_trace_id_of_kafka_or_outbox_headers() -> None:
     assert tracing.trace_id_of(None) == ""
     assert tracing.trace_id_of([("traceparent", b"00-nonsense")]) == ""
     assert tracing.trace_id_of({"traceparent": parent.encode()}) == parent[3:35]
+
+
+TRACEPARENTS = [
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00 ",
+    "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+    "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+    "not a traceparent",
+]
+
+
+@pytest.mark.parametrize("traceparent", TRACEPARENTS)
+def test_trace_id_of_agrees_with_the_w3c_propagator(traceparent: str) -> None:
+    from opentelemetry import propagate
+    context = trace.get_current_span(propagate.extract({"traceparent": traceparent}))
+    span = context.get_span_context()
+    expected = format(span.trace_id, "032x") if span.is_valid else ""
+    assert tracing.trace_id_of([("traceparent", traceparent.encode())]) == expected
+    assert tracing.trace_id_of({"traceparent": traceparent}) == expected
+
+
+def test_without_an_sdk_the_record_trace_passes_through_without_spans(
+    exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No SDK in the process: no span is made, the causing record's context goes on."""
+    exporter.clear()
+    monkeypatch.setattr(tracing, "_provider", None)
+    event = new_envelope(new_order_id(), OrderCreated(), producer="orders")
+    record = [("traceparent", TRACEPARENTS[0].encode()), ("tracestate", b"k=v"),
+              ("oms-type", b"OrderCreated")]
+    with tracing.consuming("inventory", event, "oms.order-events", record, 0, 7) as (
+            span, trace_headers):
+        assert not span.is_recording()
+    assert trace_headers == {"traceparent": TRACEPARENTS[0], "tracestate": "k=v"}
+    row = OutboxMessage("oms.inventory-events", event.order_id.encode(), encode(event),
+                        {**trace_headers, "oms-type": "InventoryReserved"})
+    span, headers = tracing.start_outbox_publish(row)
+    span.end()
+    assert dict(headers)["traceparent"] == TRACEPARENTS[0].encode()
+    assert exporter.get_finished_spans() == ()
