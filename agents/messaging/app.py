@@ -13,7 +13,6 @@ from pathlib import Path
 
 import asyncpg
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import StreamT
 
 from agents.messaging import kafka
@@ -67,7 +66,7 @@ def create_app(
     app.fetch_idle_after_s = settings.fetch_idle_after_s  # type: ignore[attr-defined]
     app.oms_skips = frozenset(  # type: ignore[attr-defined]
         t.encode() for t in event_types() - handles) if handles else frozenset()
-    setup_prometheus_sensors(app, pattern="/metrics")
+    metrics.install_faust_sensor(app)
     metrics.install_lag_gauge(app, service)
     tracing.setup_tracing(service, settings)
     return app

@@ -10,12 +10,15 @@ on a timer (:func:`install_lag_gauge`, :func:`install_backlog_gauge`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 from faust.exceptions import ConsumerNotStarted
-from faust.types import TP, AppT
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor, setup_prometheus_sensors
+from faust.types import TP, AppT, StreamT
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,70 @@ PSP_CALLER_RETRIES = Counter("oms_psp_caller_retries",
 
 LAG_INTERVAL_S = 2.0
 BACKLOG_INTERVAL_S = 2.0
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+def memo_labels(metric: M) -> M:
+    """``metric`` whose ``labels()`` returns each child from a dict after its first call.
+
+    prometheus_client checks the label names and values and takes a lock on
+    every ``labels()`` call; the sensors make several calls per event, so
+    that is paid many times per order for the same few children. ``clear()``
+    and ``remove()`` forget the memo with the children.
+    """
+    children: dict[Hashable, Any] = {}
+    labels, clear, remove = metric.labels, metric.clear, metric.remove
+
+    def memo(*values: Any, **named: Any) -> Any:
+        key = values or tuple(named.items())
+        child = children.get(key)
+        if child is None:
+            child = children[key] = labels(*values, **named)
+        return child
+
+    def forget(*values: Any) -> None:
+        children.clear()
+        (remove if values else clear)(*values)
+
+    vars(metric).update(labels=memo, clear=forget, remove=forget)  # shadow the methods
+    return metric
+
+
+for _metric in list(globals().values()):  # every labelled oms_ metric above
+    if isinstance(_metric, MetricWrapperBase) and _metric._labelnames:
+        memo_labels(_metric)
+del _metric
+
+
+class FaustSensor(PrometheusMonitor):
+    """Faust's Prometheus sensor, its per-event label work done once per stream and label.
+
+    The same metrics under the same names; only the repeated lookups go:
+    every labelled metric is memoised (:func:`memo_labels`), and a stream's
+    label, a regular-expression rewrite of its name, is computed once.
+    """
+
+    def __init__(self, metrics: FaustMetrics, **kwargs: Any) -> None:
+        for metric in metrics:  # a NamedTuple of the sensor's metrics
+            if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+                memo_labels(metric)
+        super().__init__(metrics, **kwargs)
+        self._stream_labels: dict[StreamT, str] = {}
+
+    def _stream_label(self, stream: StreamT) -> str:
+        label = self._stream_labels.get(stream)
+        if label is None:
+            label = self._stream_labels[stream] = super()._stream_label(stream)
+        return label
+
+
+def install_faust_sensor(app: AppT, pattern: str = "/metrics") -> None:
+    """Faust's Prometheus integration (its ``/metrics`` page) with :class:`FaustSensor`."""
+    setup_prometheus_sensors(app, pattern=pattern)
+    monitor = app.monitor
+    assert isinstance(monitor, PrometheusMonitor)
+    app.monitor = FaustSensor(monitor._metrics)
 
 
 def install_lag_gauge(app: AppT, service: str) -> None:
