@@ -4,10 +4,11 @@ One per payments worker (an app task). It wakes on the NOTIFY of a committed
 intent, when one of its orders is done, and every quarter lease; it leases the
 intents nobody holds, at most ``psp_max_in_flight`` orders at a time, and
 works each order on a task of its own: ask the PSP (every call bounded by
-``gateway_timeout_s``), settle the answer and its outgoing event in one short
-transaction, then go on with the order's next intent (a cancel recorded
-meanwhile). So a hung call holds up its own order and nobody else's, and one
-order's calls stay in order. The leases of the orders in work are renewed
+``gateway_timeout_s``), have the answer and its outgoing event settled, then
+go on with the order's next intent (a cancel recorded meanwhile). One settler
+task records the answers that arrived together in one short transaction. So
+a hung call holds up its own order and nobody else's, and one order's calls
+stay in order. The leases of the orders in work are renewed
 every quarter lease; a dead worker's run out and another caller takes them
 over, asking the PSP what it made of the request before charging again.
 """
@@ -19,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import asyncpg
@@ -87,6 +89,15 @@ class GuardedGateway:
         return answer
 
 
+@dataclass(frozen=True)
+class Answered:
+    """A PSP answer waiting to be settled, and the future its order's task awaits."""
+
+    intent: Intent
+    answer: step.Answer
+    settled: asyncio.Future[Intent | None]
+
+
 class PspCaller:
     """Leases intents, calls the PSP per order, settles each answer; run :meth:`run`."""
 
@@ -101,6 +112,8 @@ class PspCaller:
         self._lease_s = lease_s
         self._working: dict[str, asyncio.Task[None]] = {}  # by order id
         self._wake = asyncio.Event()
+        self._answered: list[Answered] = []  # waiting for the settler
+        self._settle_wake = asyncio.Event()
         self.connected = False
 
     def readiness(self) -> dict[str, bool]:
@@ -110,6 +123,7 @@ class PspCaller:
     async def run(self, pool: asyncpg.Pool, gateway: PaymentGateway) -> None:
         """Claim and work intents forever; a lost database connection is retried."""
         backoff = Backoff(0.1)
+        settler = asyncio.create_task(self._settle_forever(pool), name="psp settler")
         try:
             while True:
                 try:
@@ -120,7 +134,7 @@ class PspCaller:
                             conn.add_termination_listener(lambda _conn: self._wake.set())
                             self.connected = True
                             backoff.reset()
-                            await self._claim_forever(conn, pool, gateway)
+                            await self._claim_forever(conn, gateway)
                         finally:
                             conn.terminate()  # it listens: never hand it back to the pool
                 except Exception as exc:  # noqa: BLE001 - no input to blame: counted, retried
@@ -129,15 +143,14 @@ class PspCaller:
                     await backoff.wait()
         finally:  # stopping: the leases run out and whoever starts next takes them over
             self.connected = False
+            settler.cancel()
             for task in self._working.values():
                 task.cancel()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: str) -> None:
         self._wake.set()
 
-    async def _claim_forever(
-        self, conn: asyncpg.Connection, pool: asyncpg.Pool, gateway: PaymentGateway
-    ) -> None:
+    async def _claim_forever(self, conn: asyncpg.Connection, gateway: PaymentGateway) -> None:
         """Lease what there is room for, start each order, renew, wait for news."""
         tick_s = self._lease_s / 4
         renewed = 0.0
@@ -150,20 +163,20 @@ class PspCaller:
             room = self._max_in_flight - len(self._working)
             if room > 0:
                 for intent in await payments.claim(conn, self.owner, room, self._lease_s):
-                    self._start(intent, pool, gateway)
+                    self._start(intent, gateway)
             try:
                 await asyncio.wait_for(self._wake.wait(), tick_s)
             except TimeoutError:
                 pass  # time to renew the leases
 
-    def _start(self, intent: Intent, pool: asyncpg.Pool, gateway: PaymentGateway) -> None:
+    def _start(self, intent: Intent, gateway: PaymentGateway) -> None:
         if intent.order_id in self._working:
             return  # re-leased after a lapse in renewing: the running task settles it
         if intent.taken_over:
             metrics.PAYMENT_INTENTS_TAKEN_OVER.inc()
             log.warning("payments: took over the %s intent of %s from a caller that stopped"
                         " renewing it", intent.status, intent.order_id)
-        task = asyncio.create_task(self._work(intent, pool, gateway),
+        task = asyncio.create_task(self._work(intent, gateway),
                                    name=f"psp {intent.order_id}")
         self._working[intent.order_id] = task
         task.add_done_callback(lambda t: self._done(intent.order_id, t))
@@ -178,12 +191,12 @@ class PspCaller:
             log.error("payments: the PSP calls of %s failed; its intent is taken over once"
                       " its lease runs out", order_id, exc_info=exc)
 
-    async def _work(self, first: Intent, pool: asyncpg.Pool, gateway: PaymentGateway) -> None:
+    async def _work(self, first: Intent, gateway: PaymentGateway) -> None:
         """One order's calls, one after another, until it waits for nothing."""
         intent: Intent | None = first
         while intent is not None:
             answer = await self._ask(intent, gateway)
-            intent = await self._settle(intent, answer, pool)
+            intent = await self._settle(intent, answer)
 
     async def _ask(self, intent: Intent, gateway: PaymentGateway) -> step.Answer:
         """The PSP's answer; an unreachable PSP (or a cancel's timeout) is retried."""
@@ -197,26 +210,53 @@ class PspCaller:
                 self._retrying("psp", exc, backoff, intent)
                 await backoff.wait()
 
-    async def _settle(
-        self, intent: Intent, answer: step.Answer, pool: asyncpg.Pool
-    ) -> Intent | None:
-        """Record the answer and its event in one transaction; return the order's next intent."""
+    async def _settle(self, intent: Intent, answer: step.Answer) -> Intent | None:
+        """Hand the answer to the settler; the order's next intent once it is committed."""
+        settled: asyncio.Future[Intent | None] = asyncio.get_running_loop().create_future()
+        self._answered.append(Answered(intent, answer, settled))
+        self._settle_wake.set()
+        return await settled
+
+    async def _settle_forever(self, pool: asyncpg.Pool) -> None:
+        """Settle every answer that has arrived, together, in one transaction at a time.
+
+        Answers arrive one per order from many orders' tasks; settling each in
+        a transaction of its own cost a connection reset, BEGIN, COMMIT and
+        the outbox insert per answer. A failed batch is retried whole: nothing
+        of it committed.
+        """
         backoff = Backoff(0.05)
         while True:
-            try:
-                async with pool.acquire() as conn, conn.transaction():
-                    emitted = await step.settle(conn, intent, answer)
-                    rows = await messaging.enqueue(
-                        conn,
-                        [messaging.OutboxMessage(self._out_topic, e.order_id.encode(),
-                                                 encode(e), intent.trace) for e in emitted],
-                        notify=not self._relay.is_leader,  # else handed over in-process
-                    )
-                    following = await payments.next_intent(conn, intent, self._lease_s)
-                break
-            except Exception as exc:  # noqa: BLE001 - a read-only or lost database: retried
-                self._retrying("settle", exc, backoff, intent)
-                await backoff.wait()
+            await self._settle_wake.wait()
+            self._settle_wake.clear()
+            batch, self._answered = self._answered, []
+            while True:
+                try:
+                    following = await self._settle_batch(pool, batch)
+                    break
+                except Exception as exc:  # noqa: BLE001 - a read-only or lost database: retried
+                    self._retrying("settle", exc, backoff, batch[0].intent)
+                    await backoff.wait()
+            backoff.reset()
+            for answered, intent in zip(batch, following, strict=True):
+                if not answered.settled.done():  # its order's task may have been cancelled
+                    answered.settled.set_result(intent)
+
+    async def _settle_batch(self, pool: asyncpg.Pool, batch: list[Answered]) -> list[Intent | None]:
+        """Record the answers and their events; return each order's next intent."""
+        messages: list[messaging.OutboxMessage] = []
+        following: list[Intent | None] = []
+        async with pool.acquire() as conn, conn.transaction():
+            for answered in batch:
+                intent = answered.intent
+                emitted = await step.settle(conn, intent, answered.answer)
+                messages += [messaging.OutboxMessage(self._out_topic, e.order_id.encode(),
+                                                     encode(e), intent.trace) for e in emitted]
+                # an event means the intent settled and its lease is gone: nothing follows
+                following.append(None if emitted else
+                                  await payments.next_intent(conn, intent, self._lease_s))
+            rows = await messaging.enqueue(conn, messages,
+                                           notify=not self._relay.is_leader)  # else in-process
         self._relay.committed(rows)
         return following
 

@@ -129,6 +129,30 @@ async def test_a_hung_call_holds_up_only_its_own_order(
     await settled(pool, hung, "CHARGED")
 
 
+async def test_answers_that_arrive_together_settle_in_one_transaction(
+    pools: dict[str, asyncpg.Pool], start: Start,
+) -> None:
+    pool, psp = pools["payments"], FakePsp()
+    orders = [new_order_id() for _ in range(8)]
+    for oid in orders:
+        psp.hold(oid)
+    await start(psp)
+    await record(pool, *(envelope(o, reserved()) for o in orders))
+    await eventually(lambda: _now(set(psp.waiting)), lambda w: w == set(orders), 10.0,
+                     "every charge asked")
+    for oid in orders:
+        psp.release(oid)  # all answer in one turn of the event loop
+    for oid in orders:
+        await settled(pool, oid, "CHARGED")
+    for oid in orders:
+        assert await outbox_types(pool, oid) == ["PaymentCompleted"]
+    # created_at is now(), the transaction's start: one value per settling transaction
+    transactions = await pool.fetchval(
+        "SELECT count(DISTINCT created_at) FROM outbox WHERE key = ANY($1::bytea[])",
+        [o.encode() for o in orders])
+    assert transactions < len(orders) / 2
+
+
 async def test_a_cancel_during_the_charge_call_refunds_right_after_its_answer(
     pools: dict[str, asyncpg.Pool], start: Start,
 ) -> None:
