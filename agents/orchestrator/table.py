@@ -47,6 +47,11 @@ from schemas.oms_pb2 import Envelope, SagaTimedOut
 log = logging.getLogger(__name__)
 SERVICE = "orchestrator"
 RESEND_MS = 5000  # time a running saga out again (and resend its CancelOrder) this often
+FULL_SCAN_S = 10.0
+"""The timer reads every row this often: rows restored from the changelog, aging
+finished sagas, copies of partitions lost in a rebalance. The ticks in between read
+only the sagas this worker has seen running, so a tick's cost does not grow with
+the sagas the table remembers."""
 
 
 def now_ms() -> int:
@@ -82,6 +87,8 @@ class SagaTracker:
         self._traces: dict[bytes, dict[str, str]] = {}
         self._unreadable: set[bytes] = set()  # rows already counted and logged as unreadable
         self._cancels_to_drop = settings.fault_drop_cancel_orders
+        self._running: set[bytes] = set()  # sagas seen running: what a short tick checks
+        self._scanned_at: float | None = None  # monotonic time of the last full scan
 
     def saga(self, order_id: str) -> Saga | None:
         """The locally held saga of an order (``table_route`` sends the request to its owner)."""
@@ -192,6 +199,7 @@ class SagaTracker:
         saga, commands = transition(before, envelope, now_ms(), self.timeout_ms, trace_id)
         metrics.EVENTS.labels(SERVICE, envelope.type, "recorded").inc()  # deliveries, like steps'
         touched[key] = saga
+        (self._running.discard if saga.finished else self._running.add)(key)
         for command in commands:
             await self._send_command(command)
         if saga.finished:
@@ -229,12 +237,21 @@ class SagaTracker:
         """Time out overdue sagas (again every ``RESEND_MS`` until they end); drop old ones.
 
         Only the sagas this worker owns: during a rebalance it owns none for
-        sure, so it waits; after it, rows of partitions now owned elsewhere are
-        dropped from the local store.
+        sure, so it waits. Every ``FULL_SCAN_S`` it reads every row (and drops
+        rows of partitions now owned elsewhere from the local store); in
+        between, only the sagas it has seen running.
         """
         if self.app.rebalancing:
             return
         now = now_ms()
+        if self._scanned_at is None or time.monotonic() - self._scanned_at >= FULL_SCAN_S:
+            self._scanned_at = time.monotonic()
+            await self._scan(now)
+        else:
+            await self._check_running(now)
+
+    async def _scan(self, now: int) -> None:
+        """Every row: time out, age, drop stale copies, and note what runs."""
         owned, kept = self.ownership.owned(), self.ownership.kept()
         stale = []
         for key, data in list(self.sagas.items()):
@@ -247,13 +264,27 @@ class SagaTracker:
                 self._age(key, data, now)
                 continue
             saga = self._read(key, data)
-            if saga is None:
-                continue
-            if overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
-                self._timeouts_sent[key] = now
-                await self._time_out(key, saga)
+            if saga is not None:
+                self._running.add(key)
+                await self._time_out_if_due(key, saga, now)
         if stale:
             self._drop_stale(stale)
+
+    async def _check_running(self, now: int) -> None:
+        """The sagas seen running: time out the overdue, stop watching the rest that ended."""
+        owned = self.ownership.owned()
+        for key in list(self._running):
+            data = self.sagas.get(key) if self.ownership.partition(key) in owned else None
+            saga = None if data is None or finished_row(data) else self._read(key, data)
+            if saga is None:
+                self._running.discard(key)
+            else:
+                await self._time_out_if_due(key, saga, now)
+
+    async def _time_out_if_due(self, key: bytes, saga: Saga, now: int) -> None:
+        if overdue(saga, now) and now - self._timeouts_sent.get(key, 0) > RESEND_MS:
+            self._timeouts_sent[key] = now
+            await self._time_out(key, saga)
 
     def _age(self, key: bytes, row: dict[str, Any], now: int) -> None:
         """Drop a finished saga's steps after the retention, and the saga after the memory.
@@ -294,6 +325,7 @@ class SagaTracker:
 
     def _forget(self, key: bytes) -> None:
         """Drop what the timer keeps for a saga it no longer has to time out."""
+        self._running.discard(key)
         self._timeouts_sent.pop(key, None)
         self._traces.pop(key, None)
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka.errors import KafkaTimeoutError
 
 from agents.orchestrator.saga import RUNNING, Saga
-from agents.orchestrator.table import RESEND_MS, now_ms
+from agents.orchestrator.table import FULL_SCAN_S, RESEND_MS, now_ms
 from schemas.oms_pb2 import Envelope
 from tests.unit.orchestrator import fakes
 
@@ -57,3 +57,27 @@ async def test_a_timed_out_saga_is_timed_out_again_until_it_ends(tmp_path: Path)
     tracker._timeouts_sent[OID.encode()] -= RESEND_MS + 1  # as if RESEND_MS had passed
     await tracker.tick()
     assert [e.type for e in sent] == ["SagaTimedOut", "SagaTimedOut"]
+
+
+async def test_between_full_scans_the_timer_reads_only_the_sagas_it_saw_running(
+    tmp_path: Path,
+) -> None:
+    """A short tick's cost does not grow with the rows the table remembers."""
+    tracker = fakes.tracker(tmp_path, {})
+    sent: list[bytes] = []
+
+    async def send(key: bytes, event: Envelope) -> None:
+        sent.append(key)
+
+    tracker._send_timeout = send  # type: ignore[method-assign]
+    await tracker.tick()  # a full scan of an empty table
+    dict.update(fakes.table(tracker), {OID.encode(): overdue_saga()})  # restored behind it
+    await tracker.tick()
+    assert sent == []  # not read by a short tick...
+    assert tracker._scanned_at is not None
+    tracker._scanned_at -= FULL_SCAN_S  # ...but by the next full scan
+    await tracker.tick()
+    assert sent == [OID.encode()]
+    tracker._timeouts_sent[OID.encode()] -= RESEND_MS + 1
+    await tracker.tick()  # a short tick again: now it knows the saga runs
+    assert sent == [OID.encode(), OID.encode()]
