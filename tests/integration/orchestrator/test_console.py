@@ -228,6 +228,20 @@ async def test_a_timeline_shows_every_hop_with_its_gap_and_the_trace(
                          <= found, 10, "the saga's trace holds every service's spans")
 
 
+async def test_a_timeline_of_a_wrong_id_is_refused_naming_the_field(
+    stack: Stack, http: aiohttp.ClientSession, customer: tuple[str, list[str], str]
+) -> None:
+    base = f"{stack.web_url('orchestrator-1')}/sagas"
+    status, body = await get(http, f"{base}/not-a-uuid/timeline/")
+    assert status == 400 and body["error"] == "order_id: not a UUID"
+    order_id = customer[1][0]  # upper case would pick another partition than the saga's
+    status, body = await get(http, f"{base}/{order_id.upper()}/timeline/")
+    assert status == 400 and body["error"] == f"order_id: not canonical; ask for {order_id}"
+    status, body = await get(http, f"{base}/{uuid.uuid4()}/timeline/")
+    assert status == 404 and body["complete"] and set(body["sources"]) == {
+        "orders", "inventory", "payments"}
+
+
 async def test_throughput_counts_the_finished_sagas_of_the_last_minutes(
     stack: Stack, http: aiohttp.ClientSession, customer: tuple[str, list[str], str]
 ) -> None:
