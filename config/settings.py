@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_serializer, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SERVICES: tuple[str, ...] = ("orders", "inventory", "payments", "orchestrator")
 """The four Faust apps; ``orchestrator`` is the saga tracker."""
@@ -191,6 +191,12 @@ class Settings(BaseSettings):
         description="how long a tracker worker waits for each other worker's part of a"
         " cluster-wide console answer; one that is later is reported as not answering",
     )
+    service_urls: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="where the tracker reaches each database service's web API, as"
+        " service=URL pairs separated by commas (orders=http://orders:6066,...); a service"
+        " left out is looked for on 127.0.0.1 at its web port",
+    )
     trace_ui_url: str = Field(
         default="", pattern=r"^$|^https?://.*\{trace_id\}",
         description="link to one trace in a tracing UI, with {trace_id} in it (compose:"
@@ -254,6 +260,42 @@ class Settings(BaseSettings):
     def web_port(self, service: str) -> int:
         """Web port of a service's Faust app."""
         return self.web_port_base + SERVICES.index(service)
+
+    def service_url(self, service: str) -> str:
+        """Base URL of a database service's web API, as ``service_urls`` or the local default."""
+        default = f"http://127.0.0.1:{self.web_port(service)}"
+        return self.service_urls.get(service, default).rstrip("/")
+
+    @field_validator("service_urls", mode="before")
+    @classmethod
+    def _parse_service_urls(cls, value: Any) -> Any:
+        """``orders=http://a:6066,inventory=...`` (the environment's form) as a mapping."""
+        if not isinstance(value, str):
+            return value
+        pairs = [item.strip() for item in value.split(",") if item.strip()]
+        parsed: dict[str, str] = {}
+        for pair in pairs:
+            service, sep, url = (part.strip() for part in pair.partition("="))
+            if not sep:
+                raise ValueError(f"{pair!r} is not service=URL")
+            parsed[service] = url
+        return parsed
+
+    @field_validator("service_urls")
+    @classmethod
+    def _check_service_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        """Only database services, each at an http(s) URL: a typo must not pass unnoticed."""
+        for service, url in value.items():
+            if service not in DATABASE_SERVICES:
+                raise ValueError(f"{service!r} is not one of {', '.join(DATABASE_SERVICES)}")
+            if not re.fullmatch(r"https?://[^\s/?#,]+/?", url):
+                raise ValueError(f"{service}: {url!r} is not an http(s)://host:port URL")
+        return value
+
+    @field_serializer("service_urls")
+    def _dump_service_urls(self, value: dict[str, str]) -> str:
+        """The environment's form again, so a child process reads back the same mapping."""
+        return ",".join(f"{service}={url}" for service, url in value.items())
 
 
 def redact_url(url: str) -> str:

@@ -94,6 +94,18 @@ async def parked(conn: asyncpg.Connection) -> list[asyncpg.Record]:
         " WHERE parked_at IS NOT NULL ORDER BY id")
 
 
+async def of_key(conn: asyncpg.Connection, key: bytes, limit: int) -> list[asyncpg.Record]:
+    """The records staged under ``key`` (an order's events), oldest first, still in the table.
+
+    Published rows are purged after the outbox retention, so this is an
+    order's recent history, not all of it.
+    """
+    return await conn.fetch(
+        "SELECT id, topic, value, headers, created_at, written_at, sent_at, parked_at"
+        " FROM outbox WHERE key = $1 ORDER BY id LIMIT $2",
+        key, limit)
+
+
 async def backlog(conn: asyncpg.Connection) -> int:
     """How many records wait to be published (parked ones do not wait)."""
     return int(await conn.fetchval(

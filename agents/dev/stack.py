@@ -23,6 +23,7 @@ from agents.dev.lock import DataDirLock
 from agents.dev.supervisor import ChildSpec, RestartPolicy, Supervisor
 from agents.ops.provision import drop_databases, init_system
 from config import SERVICES, Settings
+from config.settings import DATABASE_SERVICES
 
 WORKER_PORT_STRIDE = 10  # worker k of a service listens on base + 10k + index
 WORKER_RESTARTS = RestartPolicy()  # a dead worker is started again; a crash loop stops all
@@ -52,11 +53,23 @@ class Stack:
         return self.supervisor.failed is None
 
     def worker_settings(self, child: str) -> Settings:
-        """Settings of one worker (its web port differs from its siblings')."""
+        """Settings of one worker (its web port differs from its siblings').
+
+        Every worker is told where the first worker of each database service
+        listens: the default would follow the worker's own shifted ports, where
+        worker k of the tracker would look for worker k of each service.
+        """
         k = int(child.rsplit("-", 1)[1])
         return self.settings.model_copy(
-            update={"web_port_base": self.settings.web_port_base + WORKER_PORT_STRIDE * k}
+            update={"web_port_base": self.settings.web_port_base + WORKER_PORT_STRIDE * k,
+                    "service_urls": self.service_urls()}
         )
+
+    def service_urls(self) -> dict[str, str]:
+        """Each database service's first worker's URL, unless the settings name one."""
+        first = {s: f"http://{self.settings.web_host}:{self.settings.web_port(s)}"
+                 for s in DATABASE_SERVICES}
+        return {**first, **self.settings.service_urls}
 
     def web_url(self, child: str) -> str:
         """Base URL of a worker's Faust web server."""

@@ -18,6 +18,7 @@ from faust.types import StreamT
 from agents.messaging import kafka
 from agents.messaging.batching import take_batches
 from agents.messaging.consumer import ServiceConsumer
+from agents.messaging.history import add_history_views
 from agents.messaging.unit_of_work import Handler
 from agents.observability import metrics, tracing
 from agents.observability.health import add_health_views
@@ -80,7 +81,9 @@ def service_app(
     on_committed: Callable[[list[Envelope]], None] | None = None,
     readiness: Callable[[], dict[str, bool]] = dict,
 ) -> tuple[faust.App, ServiceConsumer]:
-    """Wire a database-backed saga service: one agent over its sources, the relay, health.
+    """Wire a database-backed saga service: its agent, the relay, health and events views.
+
+    ``/events/{order_id}/`` answers from the outbox for the console's timeline.
 
     ``readiness`` adds the service's own checks to ``/ready/``.
     """
@@ -114,5 +117,6 @@ def service_app(
     metrics.install_backlog_gauge(app, service.name, runtime.outbox_backlog,
                                   lambda: runtime.readiness()["database_pool"])
     add_health_views(app, service.name, lambda: {**runtime.readiness(), **readiness()})
+    add_history_views(app, service.name, lambda: runtime.pool)
     return app, runtime
 

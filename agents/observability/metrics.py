@@ -50,6 +50,11 @@ CONSOLE_PEER_FAILURES = Counter(
     "Tracker workers that did not answer another worker's cluster-wide list in time, by error",
     ["error"],
 )
+CONSOLE_SERVICE_FAILURES = Counter(
+    "oms_console_service_failures",
+    "Database services that did not answer a saga timeline's request for an order's events",
+    ["service"],
+)
 HANDLER_SECONDS = Histogram(
     "oms_handler_seconds", "Step handler time", ["service", "event_type"],
     buckets=_LATENCY_BUCKETS,

@@ -28,9 +28,11 @@ from agents.orchestrator.cluster import CLUSTER, LOCAL, Body, Cluster, coverage,
 from agents.orchestrator.history import SAMPLE_S, History, summarise
 from agents.orchestrator.saga import RUNNING
 from agents.orchestrator.search import BadQuery, Query, merge_pages
+from agents.orchestrator.service_events import Services
 from agents.orchestrator.table import SagaTracker
-from agents.orchestrator.timeline import iso, saga_json
+from agents.orchestrator.timeline import iso, saga_json, timeline_json
 from config import Settings
+from config.settings import DATABASE_SERVICES
 from schemas.codec import deterministic_id, new_envelope
 from schemas.oms_pb2 import CancelOrder
 
@@ -175,12 +177,43 @@ def add_tracker_views(app: AppT, tracker: SagaTracker, settings: Settings) -> No
             return web.json({"error": "saga not found", "order_id": order_id}, status=404)
         return web.json(saga_json(found, now_ms(), settings.trace_ui_url))
 
+    services = Services({service: settings.service_url(service) for service in DATABASE_SERVICES},
+                        lambda: app.http_client, settings.console_peer_timeout_s)
+
+    @app.page("/sagas/{order_id}/timeline/")
+    @app.table_route(table=tracker.sagas, match_info="order_id")
+    async def saga_timeline(web: View, request: Request, order_id: str) -> Response:
+        """Every hop of a saga: the tracker's steps and what each service's outbox holds.
+
+        Routed by the raw id like the saga view, so only the canonical form
+        (which picked the partition) is taken.
+        """
+        if (problem := canonical_problem(order_id)) is not None:
+            return web.json({"error": problem, "order_id": order_id}, status=400)
+        found = await services.events(order_id)
+        saga = tracker.saga(order_id)
+        if saga is None and not found.events:
+            return web.json({"error": "saga not found", "order_id": order_id,
+                             "sources": found.sources, "complete": found.complete}, status=404)
+        return web.json(timeline_json(order_id, saga, found, now_ms(), settings.trace_ui_url))
+
     @app.page("/dashboard/")
     class Dashboard(View):
         """The operator console: a self-contained page that polls the JSON views above."""
 
         async def get(self, request: Request) -> Response:
             return self.html(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def canonical_problem(order_id: str) -> str | None:
+    """Why ``order_id`` is not a canonical (lower-case, hyphenated) UUID, None when it is."""
+    try:
+        canonical = str(uuid.UUID(order_id))
+    except ValueError:
+        return "order_id: not a UUID"
+    if canonical != order_id:
+        return f"order_id: not canonical; ask for {canonical}"
+    return None
 
 
 async def send_cancel(app: AppT, tracker: SagaTracker, order_id: str) -> None:

@@ -146,7 +146,8 @@ async def test_search_finds_a_saga_of_the_other_worker_and_opens_its_timeline(
     assert steps[0] == "PlaceOrder" and steps[-1] in ("OrderConfirmed", "InventoryCommitted")
     assert {"OrderCreated", "InventoryReserved", "PaymentCompleted"} <= set(steps)
     assert await browser.js("document.querySelectorAll('#timeline li.slowest').length") == 1
-    saga = await get(f"{page_worker}/sagas/{target}/")
+    assert await browser.js("document.getElementById('sources').dataset.complete") == "true"
+    saga = await get(f"{page_worker}/sagas/{target}/timeline/")  # what the page shows
     assert await browser.js("document.getElementById('trace').href") == TRACE_UI.replace(
         "{trace_id}", saga["trace_id"])
 

@@ -216,3 +216,13 @@ def test_the_console_links_a_saga_to_its_trace_in_jaeger(
     assert int(ui_port) in container_ports(services["jaeger"])
     settings = Settings(_env_file=None, trace_ui_url=template)  # type: ignore[call-arg]
     assert settings.trace_ui_url.endswith("/trace/{trace_id}")  # a valid setting
+
+
+def test_the_tracker_reaches_every_database_service_by_its_container_name(
+    services: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    """The saga timeline asks each service for an order's events; 127.0.0.1 is the tracker's own."""
+    urls = env_of(services["orchestrator"])["OMS_SERVICE_URLS"]
+    tracker = Settings(_env_file=None, service_urls=urls)  # type: ignore[call-arg]
+    assert {s: tracker.service_url(s) for s in DATABASE_SERVICES} == {
+        s: f"http://{s}:{settings.web_port(s)}" for s in DATABASE_SERVICES}

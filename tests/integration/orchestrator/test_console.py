@@ -202,12 +202,16 @@ async def test_a_timeline_shows_every_hop_with_its_gap_and_the_trace(
     stack: Stack, http: aiohttp.ClientSession, customer: tuple[str, list[str], str]
 ) -> None:
     _, ids, _ = customer
-    for order_id in ids[:2]:
-        status, saga = await get(http, f"{stack.web_url('orchestrator-0')}/sagas/{order_id}/")
+    for order_id in ids[:2]:  # the tracker holds few of the hops: the services' outboxes add them
+        status, saga = await get(http, f"{stack.web_url('orchestrator-0')}"
+                                       f"/sagas/{order_id}/timeline/")
         assert status == 200
+        assert saga["complete"] and saga["sources"] == {
+            "orders": "ok", "inventory": "ok", "payments": "ok"}
         timeline = saga["timeline"]
         assert [e["event"] for e in timeline][:1] == ["PlaceOrder"]
         assert {"orders", "inventory", "payments"} <= {e["service"] for e in timeline}
+        assert len({e["event_id"] for e in timeline}) == len(timeline)
         assert timeline[0]["gap_ms"] is None
         assert all(e["gap_ms"] >= 0 for e in timeline[1:])
         assert sum(e["slowest"] for e in timeline) == 1
@@ -222,6 +226,20 @@ async def test_a_timeline_shows_every_hop_with_its_gap_and_the_trace(
         # the client here does not trace: the order's trace starts at the orders service
         await eventually(services_in_trace, lambda found: {"orders", "inventory", "payments"}
                          <= found, 10, "the saga's trace holds every service's spans")
+
+
+async def test_a_timeline_of_a_wrong_id_is_refused_naming_the_field(
+    stack: Stack, http: aiohttp.ClientSession, customer: tuple[str, list[str], str]
+) -> None:
+    base = f"{stack.web_url('orchestrator-1')}/sagas"
+    status, body = await get(http, f"{base}/not-a-uuid/timeline/")
+    assert status == 400 and body["error"] == "order_id: not a UUID"
+    order_id = customer[1][0]  # upper case would pick another partition than the saga's
+    status, body = await get(http, f"{base}/{order_id.upper()}/timeline/")
+    assert status == 400 and body["error"] == f"order_id: not canonical; ask for {order_id}"
+    status, body = await get(http, f"{base}/{uuid.uuid4()}/timeline/")
+    assert status == 404 and body["complete"] and set(body["sources"]) == {
+        "orders", "inventory", "payments"}
 
 
 async def test_throughput_counts_the_finished_sagas_of_the_last_minutes(
