@@ -18,7 +18,7 @@ from faust.types import StreamT
 from agents.messaging import kafka
 from agents.messaging.batching import take_batches
 from agents.messaging.consumer import ServiceConsumer
-from agents.messaging.history import add_history_views
+from agents.messaging.events_view import add_history_views
 from agents.messaging.unit_of_work import Handler
 from agents.observability import metrics, tracing
 from agents.observability.health import add_health_views
