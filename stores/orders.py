@@ -73,6 +73,46 @@ async def create(conn: asyncpg.Connection, order: Order) -> bool:
     return bool(created)
 
 
+async def create_many(conn: asyncpg.Connection, new: list[Order]) -> set[str]:
+    """Insert new orders in one statement; the ids of those that did not exist yet."""
+    rows = await conn.fetch(
+        "INSERT INTO orders (order_id, customer_id, status, amount_cents, currency, lines,"
+        " payment_token, reason, placed_at)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[],"
+        " $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[])"
+        " ON CONFLICT (order_id) DO NOTHING RETURNING order_id::text",
+        [o.order_id for o in new], [o.customer_id for o in new], [o.status for o in new],
+        [o.amount_cents for o in new], [o.currency for o in new], [o.lines for o in new],
+        [o.payment_token for o in new], [o.reason for o in new], [o.placed_at for o in new],
+    )
+    return {row[0] for row in rows}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One PENDING order to move: to what, why, and the amount charged if known."""
+
+    order_id: str
+    to: str
+    reason: str | None = None
+    amount_cents: int | None = None
+
+
+async def transition_many(conn: asyncpg.Connection, moves: list[Transition]) -> set[str]:
+    """:func:`transition` for many orders (each at most once) in one statement;
+    the ids of those that were PENDING and moved."""
+    rows = await conn.fetch(
+        "UPDATE orders o SET status = m.to_status, reason = coalesce(m.reason, o.reason),"
+        " amount_cents = coalesce(m.amount_cents, o.amount_cents), updated_at = now()"
+        " FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[])"
+        "  AS m(order_id, to_status, reason, amount_cents)"
+        " WHERE o.order_id = m.order_id AND o.status = 'PENDING' RETURNING o.order_id::text",
+        [m.order_id for m in moves], [m.to for m in moves], [m.reason for m in moves],
+        [m.amount_cents for m in moves],
+    )
+    return {row[0] for row in rows}
+
+
 async def transition(
     conn: asyncpg.Connection, order_id: str, to: str, reason: str | None = None, *,
     amount_cents: int | None = None,

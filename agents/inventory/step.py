@@ -38,7 +38,7 @@ SERVICE = "inventory"
 class InventoryStep:
     """The inventory step; a transaction first locks all the stock rows it will touch."""
 
-    async def lock(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
+    async def prepare(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> None:
         """Lock, in SKU order, the rows of every line being reserved, sold or released."""
         skus = {line.sku for e in envelopes if e.type == "OrderCreated"
                 for line in e.order_created.lines}

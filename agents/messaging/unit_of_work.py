@@ -53,20 +53,20 @@ async def apply_steps(
 
     Every event is claimed in the inbox (one statement for the batch); one
     already claimed is a duplicate and is skipped. The handler may define
-    ``lock(conn, envelopes)`` (rows it will touch, locked in one order).
+    ``prepare(conn, envelopes)`` (see :func:`_prepare`).
     The staged outbox rows come back with their ids; ``notify`` wakes the
     relays of other processes at commit (see ``messaging.enqueue``).
     """
     results: list[StepResult] = []
     async with conn.transaction():
         fresh = await messaging.claim_many(conn, [(e.event_id, e.type) for e in envelopes])
-        await _lock_rows(conn, handler, [e for e in envelopes if e.event_id in fresh])
+        step = await _prepare(conn, handler, [e for e in envelopes if e.event_id in fresh])
         for envelope in envelopes:
             if envelope.event_id not in fresh:
                 results.append(StepResult(applied=False))
                 continue
             with around(envelope) as headers:
-                results.append(await _run_step(conn, envelope, handler, out_topic, headers))
+                results.append(await _run_step(conn, envelope, step, out_topic, headers))
         staged = iter(await messaging.enqueue(conn, [m for r in results for m in r.outbox],
                                               notify=notify))
     return [replace(r, outbox=[next(staged) for _ in r.outbox]) if r.outbox else r
@@ -81,18 +81,23 @@ async def apply_step(
         return (await apply_steps(conn, [envelope], handler, out_topic))[0]
 
 
-async def _lock_rows(
-    conn: asyncpg.Connection, handler: Handler, envelopes: list[Envelope]
-) -> None:
-    """Let the handler lock every row the transaction will touch, in one global order.
+async def _prepare(conn: asyncpg.Connection, handler: Handler,
+                   envelopes: list[Envelope]) -> Handler:
+    """Run the handler's ``prepare`` once for the transaction's fresh events, if it has one.
 
-    Two workers' batch transactions that lock shared rows (inventory's stock)
-    in different orders deadlock, and PostgreSQL only notices after
-    ``deadlock_timeout`` (1 s). Locking up front, sorted, makes them queue instead.
+    It runs before any of them and returns the handler for this batch (None:
+    the handler itself). Inventory locks every stock row the batch touches,
+    in one global order: two workers' batches that lock shared rows in
+    different orders deadlock, and PostgreSQL only notices after
+    ``deadlock_timeout`` (1 s). Orders writes what does not depend on the
+    events' order in one statement each, and its batch handler reads the
+    outcome instead of making a round trip per event.
     """
-    lock = getattr(handler, "lock", None)
-    if lock is not None and envelopes:
-        await lock(conn, envelopes)
+    prepare = getattr(handler, "prepare", None)
+    if prepare is None or not envelopes:
+        return handler
+    prepared: Handler | None = await prepare(conn, envelopes)
+    return prepared or handler
 
 
 async def _run_step(

@@ -8,7 +8,7 @@ import faust
 from agents.messaging.app import service_app
 from agents.messaging.unit_of_work import Handler
 from agents.observability import metrics
-from agents.orders.step import handle
+from agents.orders.step import OrdersStep
 from agents.orders.web import add_order_views
 from agents.topology import ORDERS
 from config import Settings
@@ -30,7 +30,7 @@ def build(settings: Settings) -> faust.App:
     """The orders Faust app."""
 
     def handler_factory(pool: asyncpg.Pool) -> Handler:
-        return handle
+        return OrdersStep()
 
     app, runtime = service_app(ORDERS, settings, handler_factory, on_committed=count_placed)
     add_order_views(app, runtime, settings)

@@ -14,7 +14,11 @@ confirmed, and is then the amount PaymentCompleted says was captured.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
+from functools import partial
 
 import asyncpg
 
@@ -32,22 +36,73 @@ from stores import orders
 from stores.orders import CANCELLED, CONFIRMED, PENDING, Order
 
 SERVICE = "orders"
+Step = Callable[[asyncpg.Connection, Envelope], Awaitable[list[Envelope]]]
 
 
-async def handle(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
-    """The orders step for one event (inside the step transaction)."""
-    kind = envelope.type
-    if kind == "PlaceOrder":
-        return await place(conn, envelope)
-    if kind == "PaymentCompleted":
-        return await confirm(conn, envelope)
-    if kind == "InventoryRejected":
-        return await cancel(conn, envelope, envelope.inventory_rejected.reason)
-    if kind == "PaymentFailed":
-        return await cancel(conn, envelope, f"payment failed: {envelope.payment_failed.reason}")
-    if kind == "CancelOrder":
-        return await cancel(conn, envelope, envelope.cancel_order.reason or "cancelled")
-    return []
+class OrdersStep:
+    """The orders step, with a batch's independent writes made one statement each.
+
+    Within one transaction, the events of orders that appear once in the
+    batch do not depend on each other's order, so their creations and their
+    transitions are written together (:func:`write_batch`) and each event's
+    step only reads the outcome; an order with several events in the batch,
+    and every CancelOrder, goes statement by statement, in order.
+    """
+
+    async def prepare(self, conn: asyncpg.Connection, envelopes: list[Envelope]) -> Step:
+        """Write the batch's independent changes; the handler that reads their outcome."""
+        written = await write_batch(conn, envelopes)
+        return partial(handle, written=written)
+
+    async def __call__(self, conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
+        return await handle(conn, envelope)
+
+
+async def handle(
+    conn: asyncpg.Connection, envelope: Envelope, written: Mapping[str, bool] | None = None
+) -> list[Envelope]:
+    """The orders step for one event (inside the step transaction).
+
+    ``written`` holds, by event id, whether :func:`write_batch` already made
+    this event's change (True) or found nothing to change (False).
+    """
+    known = (written or {}).get(envelope.event_id)
+    if envelope.type == "PlaceOrder":
+        return await place(conn, envelope, known)
+    change = transition_of(envelope)
+    if change is None:
+        return []
+    if known is None:
+        known = await orders.transition(conn, change.order_id, change.to, change.reason,
+                                        amount_cents=change.amount_cents) is not None
+    if known:
+        return [_moved(envelope, change)]
+    if envelope.type == "CancelOrder":
+        return await _cancel_unknown_or_ended(conn, envelope, change)
+    return []  # already ended: a late payment for a cancelled order is refunded by payments
+
+
+async def write_batch(conn: asyncpg.Connection, envelopes: list[Envelope]) -> dict[str, bool]:
+    """Create and transition, one statement each, the orders with one event in the batch.
+
+    Returns, by event id, whether the event's change was made. A PlaceOrder
+    that is not valid is left out: its own step raises the reason.
+    """
+    once = Counter(e.order_id for e in envelopes)
+    placing: dict[str, Order] = {}
+    changing: dict[str, orders.Transition] = {}
+    for envelope in envelopes:
+        if once[envelope.order_id] != 1:
+            continue
+        if envelope.type == "PlaceOrder":
+            with suppress(InvalidEvent):
+                placing[envelope.event_id] = new_order(envelope)
+        elif envelope.type != "CancelOrder" and (change := transition_of(envelope)):
+            changing[envelope.event_id] = change
+    created = await orders.create_many(conn, list(placing.values())) if placing else set()
+    moved = await orders.transition_many(conn, list(changing.values())) if changing else set()
+    return {**{event_id: order.order_id in created for event_id, order in placing.items()},
+            **{event_id: change.order_id in moved for event_id, change in changing.items()}}
 
 
 def validate_place_order(envelope: Envelope) -> PlaceOrderRequest:
@@ -61,11 +116,11 @@ def validate_place_order(envelope: Envelope) -> PlaceOrderRequest:
         raise InvalidEvent(str(exc)) from exc
 
 
-async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
-    """Create the order once; a repeated PlaceOrder for the same id changes nothing."""
+def new_order(envelope: Envelope) -> Order:
+    """The PENDING order a valid PlaceOrder creates; InvalidEvent names what is wrong."""
     request = validate_place_order(envelope)
     placed_at = _placed_at(envelope)
-    order = Order(
+    return Order(
         order_id=envelope.order_id,
         customer_id=request.customer_id,
         status=PENDING,
@@ -77,44 +132,67 @@ async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
         placed_at=placed_at,
         updated_at=placed_at,
     )
-    if not await orders.create(conn, order):
+
+
+async def place(
+    conn: asyncpg.Connection, envelope: Envelope, created: bool | None = None
+) -> list[Envelope]:
+    """Create the order once; a repeated PlaceOrder for the same id changes nothing."""
+    order = new_order(envelope)
+    if created is None:
+        created = await orders.create(conn, order)
+    if not created:
         return []
-    created = OrderCreated(
-        customer_id=request.customer_id,
+    body = OrderCreated(
+        customer_id=order.customer_id,
         lines=envelope.place_order.lines,  # a client's price goes along, for inventory to check
-        currency=request.currency,
-        payment_token=request.payment_token,
+        currency=order.currency,
+        payment_token=order.payment_token,
     )
-    return [new_envelope(envelope.order_id, created, producer=SERVICE, cause=envelope,
-                         placed_at_ms=int(placed_at.timestamp() * 1000))]
+    return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope,
+                         placed_at_ms=int(order.placed_at.timestamp() * 1000))]
 
 
-async def confirm(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
-    """Confirm a PENDING order; a late payment for a cancelled order is refunded by payments."""
-    charged = envelope.payment_completed.amount_cents
-    order = await orders.transition(conn, envelope.order_id, CONFIRMED, amount_cents=charged)
-    if order is None:
-        return []
-    body = OrderConfirmed(amount_cents=charged)
-    return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)]
+def transition_of(envelope: Envelope) -> orders.Transition | None:
+    """What an event asks of a PENDING order: confirm it with the amount charged, or
+    cancel it with a reason (None for an event that asks nothing)."""
+    oid, kind = envelope.order_id, envelope.type
+    if kind == "PaymentCompleted":
+        return orders.Transition(oid, CONFIRMED,
+                                 amount_cents=envelope.payment_completed.amount_cents)
+    if kind == "InventoryRejected":
+        return orders.Transition(oid, CANCELLED, envelope.inventory_rejected.reason)
+    if kind == "PaymentFailed":
+        return orders.Transition(oid, CANCELLED,
+                                 f"payment failed: {envelope.payment_failed.reason}")
+    if kind == "CancelOrder":
+        return orders.Transition(oid, CANCELLED, envelope.cancel_order.reason or "cancelled")
+    return None
 
 
-async def cancel(conn: asyncpg.Connection, envelope: Envelope, reason: str) -> list[Envelope]:
-    """Cancel unless terminal; a cancel before the order exists leaves a CANCELLED tombstone.
+def _moved(envelope: Envelope, change: orders.Transition) -> Envelope:
+    body: OrderConfirmed | OrderCancelled
+    if change.to == CONFIRMED:
+        body = OrderConfirmed(amount_cents=change.amount_cents or 0)
+    else:
+        body = OrderCancelled(reason=change.reason or "")
+    return new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)
 
-    A CancelOrder for an order that has ended is answered with CancelRejected:
-    the tracker resends its cancel until it learns the order has ended.
+
+async def _cancel_unknown_or_ended(
+    conn: asyncpg.Connection, envelope: Envelope, change: orders.Transition
+) -> list[Envelope]:
+    """A CancelOrder for an order that is not PENDING.
+
+    One that does not exist yet leaves a CANCELLED tombstone (its PlaceOrder
+    then changes nothing); one that has ended is answered with CancelRejected,
+    since the tracker resends its cancel until it learns the order has ended.
     """
-    order = await orders.transition(conn, envelope.order_id, CANCELLED, reason)
-    if order is None:
-        if envelope.type != "CancelOrder":
-            return []
-        tombstone = Order(envelope.order_id, "", CANCELLED, None, "EUR", [], "", reason,
-                          _placed_at(envelope), _placed_at(envelope))
-        if not await orders.create(conn, tombstone):
-            return await _reject_cancel(conn, envelope)
-    body = OrderCancelled(reason=reason)
-    return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope)]
+    tombstone = Order(envelope.order_id, "", CANCELLED, None, "EUR", [], "", change.reason,
+                      _placed_at(envelope), _placed_at(envelope))
+    if await orders.create(conn, tombstone):
+        return [_moved(envelope, change)]
+    return await _reject_cancel(conn, envelope)
 
 
 async def _reject_cancel(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:

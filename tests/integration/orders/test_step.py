@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agents.messaging.errors import InvalidEvent
+from agents.messaging.unit_of_work import apply_steps
 from agents.orders import step as orders
 from schemas.oms_pb2 import (
     CancelOrder,
@@ -14,7 +15,7 @@ from schemas.oms_pb2 import (
     PlaceOrder,
 )
 from tests.conftest import new_order_id
-from tests.helpers import envelope, lines, outbox_types, step
+from tests.helpers import envelope, eventually, lines, outbox_types, step
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +181,80 @@ async def test_cancel_before_place_leaves_a_tombstone_and_place_is_ignored(seede
     assert await pool.fetchval("SELECT status FROM orders WHERE order_id = $1", oid) == "CANCELLED"
 
 
+
+
+async def _batch_outcome(pool, handler) -> list[tuple[list[str], str | None]]:
+    """One batch of every kind of event, after a setup: per order, what it emitted and its
+    final status, in a fixed order of roles (the ids differ from run to run)."""
+    ids = {role: new_order_id() for role in (
+        "placed", "invalid", "confirmed", "late_failure", "rejected", "placed_and_cancelled",
+        "cancelled_unknown", "cancelled_ended", "twice_paid")}
+    for role in ("confirmed", "late_failure", "rejected", "cancelled_ended", "twice_paid"):
+        await step(pool, handler, envelope(ids[role], place(ids[role])))
+    for role in ("late_failure", "cancelled_ended"):
+        await step(pool, handler, envelope(ids[role], PaymentCompleted(amount_cents=1000)))
+    bad = place(ids["invalid"])
+    bad.customer_id = ""
+    batch = [
+        envelope(ids["placed"], place(ids["placed"])),
+        envelope(ids["confirmed"], PaymentCompleted(charge_id="c", amount_cents=1000)),
+        envelope(ids["late_failure"], PaymentFailed(reason="declined")),
+        envelope(ids["rejected"], InventoryRejected(reason="out of stock")),
+        envelope(ids["placed_and_cancelled"], place(ids["placed_and_cancelled"])),
+        envelope(ids["placed_and_cancelled"], CancelOrder(reason="changed mind")),
+        envelope(ids["cancelled_unknown"], CancelOrder(reason="never placed")),
+        envelope(ids["cancelled_ended"], CancelOrder(reason="too late")),
+        envelope(ids["twice_paid"], PaymentCompleted(amount_cents=1000)),
+        envelope(ids["twice_paid"], PaymentFailed(reason="second answer")),
+    ]
+    async with pool.acquire() as conn:
+        results = await apply_steps(conn, batch, handler, "test-out")
+    with pytest.raises(InvalidEvent):
+        async with pool.acquire() as conn:
+            await apply_steps(conn, [envelope(ids["invalid"], bad)], handler, "test-out")
+    by_order: dict[str, list[str]] = {}
+    for env, result in zip(batch, results, strict=True):
+        by_order.setdefault(env.order_id, []).extend(e.type for e in result.emitted)
+    return [(by_order.get(oid, []), await pool.fetchval(
+        "SELECT status FROM orders WHERE order_id = $1", oid)) for oid in ids.values()]
+
+
+async def test_a_batch_written_up_front_ends_as_event_by_event(seeded) -> None:
+    """OrdersStep writes a batch's independent changes in one statement each; the events,
+    the outbox and the orders end exactly as the plain step, event by event, leaves them."""
+    batched = await _batch_outcome(seeded["orders"], orders.OrdersStep())
+    plain = await _batch_outcome(seeded["orders"], orders.handle)
+    assert batched == plain
+    assert plain == [
+        (["OrderCreated"], "PENDING"), ([], None), (["OrderConfirmed"], "CONFIRMED"),
+        ([], "CONFIRMED"), (["OrderCancelled"], "CANCELLED"),
+        (["OrderCreated", "OrderCancelled"], "CANCELLED"), (["OrderCancelled"], "CANCELLED"),
+        (["CancelRejected"], "CONFIRMED"), (["OrderConfirmed"], "CONFIRMED"),
+    ]
+
+
+async def test_a_batch_makes_one_statement_per_kind_of_change(seeded) -> None:
+    """The round trips of a batch do not grow with its size."""
+    pool = seeded["orders"]
+    placed = [new_order_id() for _ in range(20)]
+    statements: list[str] = []
+    async with pool.acquire() as conn:
+        conn.add_query_logger(lambda record: statements.append(record.query.strip()))
+        await apply_steps(conn, [envelope(o, place(o)) for o in placed], orders.OrdersStep(),
+                          "test-out")
+        paid = [envelope(o, PaymentCompleted(amount_cents=1000)) for o in placed]
+        await apply_steps(conn, paid, orders.OrdersStep(), "test-out")
+    # the logger is called soon after each statement, not during it
+    await eventually(lambda: _now(statements.count("COMMIT;")), lambda n: n == 2, 5.0,
+                     "both transactions logged")
+    begins = [i for i, q in enumerate(statements) if q == "BEGIN;"]
+    commits = [i for i, q in enumerate(statements) if q == "COMMIT;"]
+    for begin, commit in zip(begins, commits, strict=True):
+        # BEGIN, inbox, the batch's one write, outbox, COMMIT: whatever the batch's size
+        assert commit - begin + 1 == 5, statements[begin:commit + 1]
+    assert await pool.fetchval("SELECT count(*) FROM orders WHERE order_id = ANY($1::uuid[])"
+                               " AND status = 'CONFIRMED'", placed) == 20
+
+
+async def _now(value: int) -> int:
+    return value
