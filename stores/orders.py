@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,15 +76,18 @@ async def create(conn: asyncpg.Connection, order: Order) -> bool:
 
 async def create_many(conn: asyncpg.Connection, new: list[Order]) -> set[str]:
     """Insert new orders in one statement; the ids of those that did not exist yet."""
+    # lines go as JSON text: a list of lists would be read as a two-dimensional array
     rows = await conn.fetch(
         "INSERT INTO orders (order_id, customer_id, status, amount_cents, currency, lines,"
         " payment_token, reason, placed_at)"
-        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[],"
-        " $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[])"
+        " SELECT o, c, s, a, cur, l::jsonb, t, r, p FROM unnest($1::uuid[], $2::text[],"
+        " $3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[],"
+        " $9::timestamptz[]) AS n(o, c, s, a, cur, l, t, r, p)"
         " ON CONFLICT (order_id) DO NOTHING RETURNING order_id::text",
         [o.order_id for o in new], [o.customer_id for o in new], [o.status for o in new],
-        [o.amount_cents for o in new], [o.currency for o in new], [o.lines for o in new],
-        [o.payment_token for o in new], [o.reason for o in new], [o.placed_at for o in new],
+        [o.amount_cents for o in new], [o.currency for o in new],
+        [json.dumps(o.lines) for o in new], [o.payment_token for o in new],
+        [o.reason for o in new], [o.placed_at for o in new],
     )
     return {row[0] for row in rows}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agents.dev.catalogue import price_of
 from agents.messaging.errors import InvalidEvent
 from agents.messaging.unit_of_work import apply_steps
 from agents.orders import step as orders
@@ -195,8 +196,9 @@ async def _batch_outcome(pool, handler) -> list[tuple[list[str], str | None]]:
         await step(pool, handler, envelope(ids[role], PaymentCompleted(amount_cents=1000)))
     bad = place(ids["invalid"])
     bad.customer_id = ""
+    several = (("SKU-0001", 1), ("SKU-0002", 3), ("SKU-0003", 1))
     batch = [
-        envelope(ids["placed"], place(ids["placed"])),
+        envelope(ids["placed"], place(ids["placed"], items=several)),
         envelope(ids["confirmed"], PaymentCompleted(charge_id="c", amount_cents=1000)),
         envelope(ids["late_failure"], PaymentFailed(reason="declined")),
         envelope(ids["rejected"], InventoryRejected(reason="out of stock")),
@@ -215,6 +217,9 @@ async def _batch_outcome(pool, handler) -> list[tuple[list[str], str | None]]:
     by_order: dict[str, list[str]] = {}
     for env, result in zip(batch, results, strict=True):
         by_order.setdefault(env.order_id, []).extend(e.type for e in result.emitted)
+    assert await pool.fetchval("SELECT lines FROM orders WHERE order_id = $1", ids["placed"]) == [
+        {"sku": sku, "quantity": quantity, "unit_price_cents": price_of(sku)}
+        for sku, quantity in several]
     return [(by_order.get(oid, []), await pool.fetchval(
         "SELECT status FROM orders WHERE order_id = $1", oid)) for oid in ids.values()]
 
