@@ -187,6 +187,8 @@ class SagaTracker:
                     await self._dead_letter(message, f"invalid {envelope.type}: {exc}")
         for key, saga in touched.items():
             self.sagas[key] = saga.as_dict()
+            # watched once written: a tick between would find no row and stop watching
+            (self._running.discard if saga.finished else self._running.add)(key)
 
     async def _apply(self, envelope: Envelope, touched: dict[bytes, Saga],
                      trace_headers: dict[str, str], trace_id: str = "") -> None:
@@ -199,7 +201,6 @@ class SagaTracker:
         saga, commands = transition(before, envelope, now_ms(), self.timeout_ms, trace_id)
         metrics.EVENTS.labels(SERVICE, envelope.type, "recorded").inc()  # deliveries, like steps'
         touched[key] = saga
-        (self._running.discard if saga.finished else self._running.add)(key)
         for command in commands:
             await self._send_command(command)
         if saga.finished:
