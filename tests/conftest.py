@@ -46,7 +46,11 @@ def make_settings(tmp: Path, **overrides: object) -> Settings:
         "data_dir": str(tmp),
         "web_port_base": free_port_block(),
         "saga_timeout_s": 30.0,
-        "session_timeout_s": 6.0,
+        # Tansu's group joins take about half the session timeout, and every test
+        # stack joins four groups (more on each restart and rebalance): 4 s instead
+        # of the default 6 saves over a minute of the suite and still leaves four
+        # heartbeats (1 s) per session on a busy two-core machine.
+        "session_timeout_s": 4.0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
