@@ -98,6 +98,10 @@ class Answered:
     settled: asyncio.Future[Intent | None]
 
 
+class _SettleAlone(Exception):
+    """The batch an answer was in failed: its order's task settles it on its own."""
+
+
 class PspCaller:
     """Leases intents, calls the PSP per order, settles each answer; run :meth:`run`."""
 
@@ -114,6 +118,7 @@ class PspCaller:
         self._wake = asyncio.Event()
         self._answered: list[Answered] = []  # waiting for the settler
         self._settle_wake = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None  # set by run()
         self.connected = False
 
     def readiness(self) -> dict[str, bool]:
@@ -123,6 +128,7 @@ class PspCaller:
     async def run(self, pool: asyncpg.Pool, gateway: PaymentGateway) -> None:
         """Claim and work intents forever; a lost database connection is retried."""
         backoff = Backoff(0.1)
+        self._pool = pool
         settler = asyncio.create_task(self._settle_forever(pool), name="psp settler")
         try:
             while True:
@@ -211,35 +217,55 @@ class PspCaller:
                 await backoff.wait()
 
     async def _settle(self, intent: Intent, answer: step.Answer) -> Intent | None:
-        """Hand the answer to the settler; the order's next intent once it is committed."""
+        """Hand the answer to the settler; the order's next intent once it is committed.
+
+        If the batch it was in failed, the answer is settled alone, retried in
+        this order's task: an answer the database refuses holds up its own
+        order and nobody else's.
+        """
         settled: asyncio.Future[Intent | None] = asyncio.get_running_loop().create_future()
         self._answered.append(Answered(intent, answer, settled))
         self._settle_wake.set()
-        return await settled
+        try:
+            return await settled
+        except _SettleAlone:
+            return await self._settle_alone(Answered(intent, answer, settled))
+
+    async def _settle_alone(self, answered: Answered) -> Intent | None:
+        assert self._pool is not None
+        backoff = Backoff(0.05)
+        while True:
+            try:
+                return (await self._settle_batch(self._pool, [answered]))[0]
+            except Exception as exc:  # noqa: BLE001 - a read-only or lost database: retried
+                self._retrying("settle", exc, backoff, answered.intent)
+                await backoff.wait()
 
     async def _settle_forever(self, pool: asyncpg.Pool) -> None:
         """Settle every answer that has arrived, together, in one transaction at a time.
 
         Answers arrive one per order from many orders' tasks; settling each in
         a transaction of its own cost a connection reset, BEGIN, COMMIT and
-        the outbox insert per answer. A failed batch is retried whole: nothing
-        of it committed.
+        the outbox insert per answer. When a batch fails (nothing of it
+        committed), each answer goes back to its order's task to be settled
+        alone (:meth:`_settle`).
         """
-        backoff = Backoff(0.05)
         while True:
             await self._settle_wake.wait()
             self._settle_wake.clear()
             batch, self._answered = self._answered, []
-            while True:
-                try:
-                    following = await self._settle_batch(pool, batch)
-                    break
-                except Exception as exc:  # noqa: BLE001 - a read-only or lost database: retried
-                    self._retrying("settle", exc, backoff, batch[0].intent)
-                    await backoff.wait()
-            backoff.reset()
+            try:
+                following = await self._settle_batch(pool, batch)
+            except Exception as exc:  # noqa: BLE001 - each order's task settles its own
+                metrics.PSP_CALLER_RETRIES.labels("settle", type(exc).__name__).inc()
+                log.warning("payments: settling %d answers together failed (%s: %s); each"
+                            " is settled alone", len(batch), type(exc).__name__, exc)
+                for answered in batch:
+                    if not answered.settled.done():  # its order's task may have been cancelled
+                        answered.settled.set_exception(_SettleAlone())
+                continue
             for answered, intent in zip(batch, following, strict=True):
-                if not answered.settled.done():  # its order's task may have been cancelled
+                if not answered.settled.done():
                     answered.settled.set_result(intent)
 
     async def _settle_batch(self, pool: asyncpg.Pool, batch: list[Answered]) -> list[Intent | None]:

@@ -33,6 +33,7 @@ class FakePsp:
         self._decline_token = decline_token
         self._held: dict[str, tuple[asyncio.Event, bool]] = {}
         self.unreachable = 0
+        self.charge_ids: dict[str, str] = {}  # key -> the charge id to answer with, if given
 
     def hold(self, key: str, *, after_capture: bool = False) -> None:
         self._held[key] = (asyncio.Event(), after_capture)
@@ -50,8 +51,8 @@ class FakePsp:
         if released is not None and not after_capture:
             await self._wait(idempotency_key, released)
         status = "DECLINED" if token == self._decline_token else "CAPTURED"
-        entry = self.ledger.setdefault(
-            idempotency_key, Charge(status, f"ch_{uuid.uuid4().hex[:12]}", amount_cents))
+        charge_id = self.charge_ids.get(idempotency_key, f"ch_{uuid.uuid4().hex[:12]}")
+        entry = self.ledger.setdefault(idempotency_key, Charge(status, charge_id, amount_cents))
         if released is not None and after_capture:
             await self._wait(idempotency_key, released)
         return _result(entry)

@@ -153,6 +153,26 @@ async def test_answers_that_arrive_together_settle_in_one_transaction(
     assert transactions < len(orders) / 2
 
 
+async def test_an_answer_the_database_refuses_holds_up_only_its_own_order(
+    pools: dict[str, asyncpg.Pool], start: Start,
+) -> None:
+    """Settled together, one refused answer must not keep the others from settling."""
+    pool, psp = pools["payments"], FakePsp()
+    poisoned, others = new_order_id(), [new_order_id() for _ in range(5)]
+    psp.charge_ids[poisoned] = "ch_\x00"  # PostgreSQL text cannot hold a NUL: refused every time
+    for oid in [poisoned, *others]:
+        psp.hold(oid)
+    await start(psp)
+    await record(pool, *(envelope(o, reserved()) for o in [poisoned, *others]))
+    await eventually(lambda: _now(set(psp.waiting)), lambda w: w == {poisoned, *others}, 10.0,
+                     "every charge asked")
+    for oid in [poisoned, *others]:
+        psp.release(oid)  # all answer in one turn: one batch
+    for oid in others:
+        await settled(pool, oid, "CHARGED")
+    assert await status(pool, poisoned) == "CHARGING"  # still retried, on its own
+
+
 async def test_a_cancel_during_the_charge_call_refunds_right_after_its_answer(
     pools: dict[str, asyncpg.Pool], start: Start,
 ) -> None:
