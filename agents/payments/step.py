@@ -18,12 +18,13 @@ awaits nothing external, so a slow PSP holds no transaction and no lock, and
 a duplicate or replayed event, stopped by the inbox before the step, never
 reaches the PSP. After the commit the PSP caller (``caller.py``) leases each
 intent, makes its call (:func:`ask`) and settles the answer in a short
-transaction of its own (:func:`settle`). A crash between the call and the
-settlement leaves the intent in place: whoever takes it over asks the PSP what
-it made of the request before charging, so the fact of a charge is never lost
-and never doubled. A cancel recorded while the charge call is in flight turns
-the intent into a cancel, made right after the charge's answer: a capture that
-lands after the cancel is refunded, and a void stops any later capture.
+transaction (:func:`settle`; answers that arrive together share one). A
+crash between the call and the settlement leaves the intent in place:
+whoever takes it over asks the PSP what it made of the request before
+charging, so the fact of a charge is never lost and never doubled. A cancel
+recorded while the charge call is in flight turns the intent into a cancel,
+made right after the charge's answer: a capture that lands after the cancel
+is refunded, and a void stops any later capture.
 """
 
 from __future__ import annotations
