@@ -57,21 +57,7 @@ def masked(token: str) -> str:
 
 async def create(conn: asyncpg.Connection, order: Order) -> bool:
     """Insert a new order; False when the order id exists already."""
-    created = await conn.fetchval(
-        "INSERT INTO orders (order_id, customer_id, status, amount_cents, currency, lines,"
-        " payment_token, reason, placed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        " ON CONFLICT (order_id) DO NOTHING RETURNING true",
-        order.order_id,
-        order.customer_id,
-        order.status,
-        order.amount_cents,
-        order.currency,
-        order.lines,
-        order.payment_token,
-        order.reason,
-        order.placed_at,
-    )
-    return bool(created)
+    return order.order_id in await create_many(conn, [order])
 
 
 async def create_many(conn: asyncpg.Connection, new: list[Order]) -> set[str]:
@@ -117,24 +103,10 @@ async def transition_many(conn: asyncpg.Connection, moves: list[Transition]) -> 
     return {row[0] for row in rows}
 
 
-async def transition(
-    conn: asyncpg.Connection, order_id: str, to: str, reason: str | None = None, *,
-    amount_cents: int | None = None,
-) -> Order | None:
-    """Move a PENDING order to ``to`` (recording the amount charged, if given).
-
-    None when the order is missing or already terminal.
-    """
-    row = await conn.fetchrow(
-        "UPDATE orders SET status = $2, reason = coalesce($3, reason),"
-        " amount_cents = coalesce($4, amount_cents), updated_at = now()"
-        f" WHERE order_id = $1 AND status = 'PENDING' RETURNING {_COLUMNS}",
-        order_id,
-        to,
-        reason,
-        amount_cents,
-    )
-    return _order(row) if row else None
+async def transition(conn: asyncpg.Connection, change: Transition) -> bool:
+    """Move a PENDING order to ``change.to`` (recording the amount charged, if given);
+    False when the order is missing or already terminal."""
+    return change.order_id in await transition_many(conn, [change])
 
 
 async def get(conn: asyncpg.Connection, order_id: str) -> Order | None:

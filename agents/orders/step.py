@@ -15,8 +15,9 @@ confirmed, and is then the amount PaymentCompleted says was captured.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 
@@ -59,34 +60,46 @@ class OrdersStep:
 
 
 async def handle(
-    conn: asyncpg.Connection, envelope: Envelope, written: Mapping[str, bool] | None = None
+    conn: asyncpg.Connection, envelope: Envelope, written: Written | None = None
 ) -> list[Envelope]:
     """The orders step for one event (inside the step transaction).
 
-    ``written`` holds, by event id, whether :func:`write_batch` already made
-    this event's change (True) or found nothing to change (False).
+    What :func:`write_batch` already did for this event (``written``) is
+    read, not done again.
     """
-    known = (written or {}).get(envelope.event_id)
+    event_id = envelope.event_id
     if envelope.type == "PlaceOrder":
-        return await place(conn, envelope, known)
+        if written is not None and event_id in written.placed:
+            order = written.placed[event_id]
+            return [] if order is None else [_created(envelope, order)]
+        return await place(conn, envelope)
     change = transition_of(envelope)
     if change is None:
         return []
-    if known is None:
-        known = await orders.transition(conn, change.order_id, change.to, change.reason,
-                                        amount_cents=change.amount_cents) is not None
-    if known:
+    moved = written.moved.get(event_id) if written is not None else None
+    if moved is None:
+        moved = await orders.transition(conn, change)
+    if moved:
         return [_moved(envelope, change)]
     if envelope.type == "CancelOrder":
         return await _cancel_unknown_or_ended(conn, envelope, change)
     return []  # already ended: a late payment for a cancelled order is refunded by payments
 
 
-async def write_batch(conn: asyncpg.Connection, envelopes: list[Envelope]) -> dict[str, bool]:
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_batch` did, by event id."""
+
+    placed: dict[str, Order | None]
+    """The order each PlaceOrder created; None when the order existed already."""
+    moved: dict[str, bool]
+    """Whether each transition found its order PENDING and moved it."""
+
+
+async def write_batch(conn: asyncpg.Connection, envelopes: list[Envelope]) -> Written:
     """Create and transition, one statement each, the orders with one event in the batch.
 
-    Returns, by event id, whether the event's change was made. A PlaceOrder
-    that is not valid is left out: its own step raises the reason.
+    A PlaceOrder that is not valid is left out: its own step raises the reason.
     """
     once = Counter(e.order_id for e in envelopes)
     placing: dict[str, Order] = {}
@@ -101,8 +114,10 @@ async def write_batch(conn: asyncpg.Connection, envelopes: list[Envelope]) -> di
             changing[envelope.event_id] = change
     created = await orders.create_many(conn, list(placing.values())) if placing else set()
     moved = await orders.transition_many(conn, list(changing.values())) if changing else set()
-    return {**{event_id: order.order_id in created for event_id, order in placing.items()},
-            **{event_id: change.order_id in moved for event_id, change in changing.items()}}
+    return Written(
+        placed={event_id: order if order.order_id in created else None
+                for event_id, order in placing.items()},
+        moved={event_id: change.order_id in moved for event_id, change in changing.items()})
 
 
 def validate_place_order(envelope: Envelope) -> PlaceOrderRequest:
@@ -134,23 +149,23 @@ def new_order(envelope: Envelope) -> Order:
     )
 
 
-async def place(
-    conn: asyncpg.Connection, envelope: Envelope, created: bool | None = None
-) -> list[Envelope]:
+async def place(conn: asyncpg.Connection, envelope: Envelope) -> list[Envelope]:
     """Create the order once; a repeated PlaceOrder for the same id changes nothing."""
     order = new_order(envelope)
-    if created is None:
-        created = await orders.create(conn, order)
-    if not created:
+    if not await orders.create(conn, order):
         return []
+    return [_created(envelope, order)]
+
+
+def _created(envelope: Envelope, order: Order) -> Envelope:
     body = OrderCreated(
         customer_id=order.customer_id,
         lines=envelope.place_order.lines,  # a client's price goes along, for inventory to check
         currency=order.currency,
         payment_token=order.payment_token,
     )
-    return [new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope,
-                         placed_at_ms=int(order.placed_at.timestamp() * 1000))]
+    return new_envelope(envelope.order_id, body, producer=SERVICE, cause=envelope,
+                        placed_at_ms=int(order.placed_at.timestamp() * 1000))
 
 
 def transition_of(envelope: Envelope) -> orders.Transition | None:
