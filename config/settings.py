@@ -195,7 +195,7 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="where the tracker reaches each database service's web API, as"
         " service=URL pairs separated by commas (orders=http://orders:6066,...); a service"
-        " left out is looked for on 127.0.0.1 at its web port",
+        " left out is looked for on web_host at its web port",
     )
     trace_ui_url: str = Field(
         default="", pattern=r"^$|^https?://.*\{trace_id\}",
@@ -262,8 +262,9 @@ class Settings(BaseSettings):
         return self.web_port_base + SERVICES.index(service)
 
     def service_url(self, service: str) -> str:
-        """Base URL of a database service's web API, as ``service_urls`` or the local default."""
-        default = f"http://127.0.0.1:{self.web_port(service)}"
+        """Base URL of a database service's web API: ``service_urls``, else its web port on
+        ``web_host`` (where this stack's first worker of the service listens)."""
+        default = f"http://{self.web_host}:{self.web_port(service)}"
         return self.service_urls.get(service, default).rstrip("/")
 
     @field_validator("service_urls", mode="before")

@@ -67,9 +67,7 @@ class Stack:
 
     def service_urls(self) -> dict[str, str]:
         """Each database service's first worker's URL, unless the settings name one."""
-        first = {s: f"http://{self.settings.web_host}:{self.settings.web_port(s)}"
-                 for s in DATABASE_SERVICES}
-        return {**first, **self.settings.service_urls}
+        return {s: self.settings.service_url(s) for s in DATABASE_SERVICES}
 
     def web_url(self, child: str) -> str:
         """Base URL of a worker's Faust web server."""

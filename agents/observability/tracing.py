@@ -55,7 +55,6 @@ TRACER_NAME = "oms"
 TRACE_HEADERS = ("traceparent", "tracestate")
 _TRACEPARENT = re.compile(
     r"(?P<version>[0-9a-f]{2})-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-[0-9a-f]{2}(?P<extra>-.*)?")
-_ZEROS = re.compile("0+")
 KafkaHeaders = list[tuple[str, bytes]]
 
 _provider: TracerProvider | None = None
@@ -158,8 +157,8 @@ def trace_id_of(
             if match is None or match["version"] == "ff" or (
                     match["version"] == "00" and match["extra"]):
                 return ""
-            return "" if _ZEROS.fullmatch(match["trace"]) or _ZEROS.fullmatch(
-                match["span"]) else match["trace"]
+            all_zeros = not match["trace"].strip("0") or not match["span"].strip("0")
+            return "" if all_zeros else match["trace"]
     return ""
 
 
