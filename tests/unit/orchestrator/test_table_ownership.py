@@ -16,7 +16,7 @@ import faust
 
 from agents.orchestrator.ownership import Ownership
 from agents.orchestrator.saga import RUNNING, Saga
-from agents.orchestrator.table import SagaTracker, now_ms
+from agents.orchestrator.table import RESEND_MS, SagaTracker, now_ms
 from schemas.oms_pb2 import Envelope
 from tests.conftest import make_settings
 from tests.unit.orchestrator import fakes
@@ -90,3 +90,21 @@ async def test_standby_copies_are_kept_but_not_acted_on(tmp_path: Path) -> None:
     assert sent == [rows[0][0]]
     assert set(fakes.table(tracked)) == {rows[0][0], rows[1][0]}
     assert tracked.counts() == {RUNNING: 1}
+
+
+async def test_a_short_tick_leaves_the_sagas_of_a_partition_lost_since_the_full_scan(
+    tmp_path: Path,
+) -> None:
+    """Between full scans ownership can move: the tick acts on what it owns now."""
+    owned = {0, 1}
+    tracked = fakes.tracker(tmp_path, owned=owned)
+    rows = overdue_rows(tracked.ownership)
+    dict.update(fakes.table(tracked), dict(rows.values()))
+    sent = timed_out(tracked)
+    await tracked.tick()  # the full scan: both owned sagas timed out and watched
+    assert set(sent) == {rows[0][0], rows[1][0]}
+    owned.discard(1)  # partition 1 moved to another worker
+    for key in (rows[0][0], rows[1][0]):
+        tracked._timeouts_sent[key] -= RESEND_MS + 1  # both due again
+    await tracked.tick()  # a short tick
+    assert sent[2:] == [rows[0][0]]
