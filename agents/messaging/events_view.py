@@ -52,19 +52,27 @@ def add_history_views(app: faust.App, service: str, pool: Callable[[], asyncpg.P
 
     @app.page("/events/{order_id}/")
     async def events(web: View, request: Request, order_id: str) -> Response:
-        try:
-            canonical = str(uuid.UUID(order_id))
-        except ValueError:
-            return web.json({"error": "order_id: not a UUID", "order_id": order_id}, status=400)
-        try:
-            async with pool().acquire() as conn:
-                rows = await messaging.of_key(conn, canonical.encode(), EVENTS_SHOWN)
-        except (RuntimeError, OSError, asyncpg.PostgresError) as exc:
-            log.warning("%s: events of %s not read: %s", service, canonical, exc)
-            return web.json({"error": f"database not available: {type(exc).__name__}"},
-                            status=503)
-        return web.json({"service": service, "order_id": canonical,
-                         "events": [event_of(service, row) for row in rows]})
+        body, status = await read_events(service, pool, order_id)
+        return web.json(body, status=status)
+
+
+async def read_events(
+    service: str, pool: Callable[[], asyncpg.Pool], order_id: str
+) -> tuple[dict[str, Any], int]:
+    """The view's answer and status: 400 for an id that is not a UUID, 503 when the
+    database cannot be read (not started, closed, unreachable, or the query failed)."""
+    try:
+        canonical = str(uuid.UUID(order_id))
+    except ValueError:
+        return {"error": "order_id: not a UUID", "order_id": order_id}, 400
+    try:
+        async with pool().acquire() as conn:
+            rows = await messaging.of_key(conn, canonical.encode(), EVENTS_SHOWN)
+    except (RuntimeError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("%s: events of %s not read: %s", service, canonical, exc)
+        return {"error": f"database not available: {type(exc).__name__}"}, 503
+    return {"service": service, "order_id": canonical,
+            "events": [event_of(service, row) for row in rows]}, 200
 
 
 def _iso(stamp: datetime | None) -> str | None:

@@ -19,8 +19,10 @@ import pytest
 from agents.dev.catalogue import REGULAR_SKUS, price_of
 from agents.dev.stack import Stack
 from agents.messaging.client import OrderClient
+from agents.messaging.events_view import read_events
 from agents.orders.intake import LineRequest, PlaceOrderRequest
 from agents.topology import SERVICES
+from config import Settings
 from config.settings import DATABASE_SERVICES
 from stores import messaging
 from tests.conftest import make_settings, running_stack
@@ -154,3 +156,24 @@ async def test_of_key_returns_one_keys_rows_oldest_first_up_to_the_limit(
         assert [r["value"] for r in await messaging.of_key(conn, mine, 10)] == [b"1", b"2", b"3"]
         assert [r["id"] for r in await messaging.of_key(conn, mine, 2)] == [
             staged[0].id, staged[2].id]
+
+
+async def test_a_database_that_cannot_be_read_answers_503_not_an_error_page(
+    db_settings: Settings, pools: dict[str, asyncpg.Pool],
+) -> None:
+    """Not started, closed (shutting down), or gone: each is a 503 that says why."""
+    oid = str(uuid.uuid4())
+
+    def not_started() -> asyncpg.Pool:
+        raise RuntimeError("orders runtime is not started")
+
+    body, status = await read_events("orders", not_started, oid)
+    assert (status, body["error"]) == (503, "database not available: RuntimeError")
+
+    closed = await asyncpg.create_pool(db_settings.dsn("orders"), min_size=1, max_size=1)
+    await closed.close()
+    body, status = await read_events("orders", lambda: closed, oid)
+    assert (status, body["error"]) == (503, "database not available: InterfaceError")
+
+    body, status = await read_events("orders", lambda: closed, "not-a-uuid")
+    assert (status, body["error"]) == (400, "order_id: not a UUID")
